@@ -1,0 +1,1 @@
+"""The harmony agent loop."""
