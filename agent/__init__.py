@@ -1,1 +1,34 @@
-"""The harmony agent loop."""
+"""The harmony agent loop: `Agent`, its events, results and transcripts."""
+
+from .agent import Agent
+from .events import (
+    AgentEvent,
+    CommentaryDelta,
+    FinalDelta,
+    MessageAdded,
+    ReasoningDelta,
+    RunDone,
+    ToolCallDelta,
+    ToolCalled,
+    ToolResult,
+)
+from .result import RunResult, Status, Usage
+from .transcript import TranscriptError, load_transcript
+
+__all__ = [
+    "Agent",
+    "AgentEvent",
+    "CommentaryDelta",
+    "FinalDelta",
+    "MessageAdded",
+    "ReasoningDelta",
+    "RunDone",
+    "RunResult",
+    "Status",
+    "ToolCallDelta",
+    "ToolCalled",
+    "ToolResult",
+    "TranscriptError",
+    "Usage",
+    "load_transcript",
+]

@@ -27,7 +27,7 @@ class EncodingError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Where the vocabulary is kept: `$HARMONY_AGENT_CACHE`, else `$XDG_CACHE_HOME/harmony-agent`."""
+    """Where the vocabulary is kept: `$HARMONY_AGENT_CACHE`, else the XDG cache dir."""
     if explicit := os.environ.get("HARMONY_AGENT_CACHE"):
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -56,13 +56,13 @@ class BuiltinTool(ABC):
         """The namespace as the system message declares it."""
 
     def recipients(self) -> list[str]:
-        """Every recipient this tool answers to: `[python]`, `[browser.search, browser.open, ...]`."""
+        """Every recipient this tool answers to: `[python]`, `[browser.search, ...]`."""
         config = self.namespace_config()
         return [f"{self.name}.{t.name}" for t in config.tools] or [self.name]
 
     @abstractmethod
     async def call(self, call: ToolCall) -> str:
-        """Run one call and return what the model sees. Raise `ToolError` for the model's mistakes."""
+        """Run one call; return what the model sees. Raise `ToolError` for the model's mistakes."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most tools hold nothing
         """Release what the tool holds (a kernel, a browser). Called when the agent session ends."""

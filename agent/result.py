@@ -1,0 +1,65 @@
+"""What a run produced and why it ended."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypeAlias
+
+from openai_harmony import Message
+
+Status: TypeAlias = Literal[
+    "completed",  # the model gave a final answer
+    "max_steps",  # the step limit (model calls per run) was reached
+    "max_turn_tokens",  # one model call produced its token limit without finishing
+    "max_total_tokens",  # the run's token budget was spent
+    "invalid_output",  # the model's output could not be understood (malformed harmony, ...)
+]
+
+
+@dataclass
+class Usage:
+    """Counts and timings of one run."""
+
+    steps: int = 0
+    """Model calls."""
+    prompt_tokens: int = 0
+    """Prompt tokens over all steps (including the part the model served from its cache)."""
+    output_tokens: int = 0
+    """Tokens the model generated."""
+    tool_calls: int = 0
+    model_seconds: float = 0.0
+    """Time spent waiting for tokens."""
+    tool_seconds: float = 0.0
+    """Time spent in tools."""
+    seconds: float = 0.0
+    """Wall time of the run."""
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generation speed as the agent saw it (prefill included)."""
+        return self.output_tokens / self.model_seconds if self.model_seconds else 0.0
+
+
+@dataclass
+class RunResult:
+    """The outcome of `Agent.run`: pass it as `history=` to continue the conversation."""
+
+    final: str | None
+    """The final answer, or None when the run ended without one."""
+    status: Status
+    detail: str | None = None
+    """Why the run ended, in words, when it did not complete."""
+    messages: list[Message] = field(default_factory=list)
+    """The conversation after the system and developer messages: the user's messages, the model's
+    messages and the tool results, earlier turns included."""
+    usage: Usage = field(default_factory=Usage)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form: final answer, status, messages (harmony's dict form) and usage."""
+        return {
+            "final": self.final,
+            "status": self.status,
+            "detail": self.detail,
+            "messages": [m.to_dict() for m in self.messages],
+            "usage": asdict(self.usage),
+        }

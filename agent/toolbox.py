@@ -1,0 +1,97 @@
+"""The agent's tools, addressed by recipient: routing, time limits, and errors as text."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TypeAlias
+
+from openai_harmony import ToolDescription, ToolNamespaceConfig
+
+from tools import BuiltinTool, ToolCall, ToolError
+from tools.function_tool import FunctionTool
+
+Tool: TypeAlias = FunctionTool | BuiltinTool
+
+
+class Toolbox:
+    """Routes each recipient the model writes to the tool that answers it."""
+
+    def __init__(self, tools: Sequence[Tool], *, default_timeout: float | None) -> None:
+        self.tools = list(tools)
+        self.default_timeout = default_timeout
+        self._routes: dict[str, Tool] = {}
+        for tool in self.tools:
+            if isinstance(tool, FunctionTool):
+                self._add(tool.recipient, tool)
+            elif isinstance(tool, BuiltinTool):
+                for recipient in tool.recipients():
+                    self._add(recipient, tool)
+            else:
+                raise TypeError(
+                    f"not a tool: {tool!r}; decorate functions with @function_tool or pass a "
+                    f"BuiltinTool such as PythonTool()"
+                )
+        # Models often address built-ins as developer functions (`functions.python`).
+        self._aliases = {
+            f"functions.{r}": r
+            for r, t in self._routes.items()
+            if isinstance(t, BuiltinTool) and f"functions.{r}" not in self._routes
+        }
+
+    def _add(self, recipient: str, tool: Tool) -> None:
+        if recipient in self._routes:
+            raise ValueError(f"two tools answer to {recipient!r}: rename one of them")
+        self._routes[recipient] = tool
+
+    def namespaces(self) -> list[ToolNamespaceConfig]:
+        """Built-in namespaces, for the system message."""
+        return [t.namespace_config() for t in self.tools if isinstance(t, BuiltinTool)]
+
+    def functions(self) -> list[ToolDescription]:
+        """Function tools, for the developer message."""
+        return [t.tool_description() for t in self.tools if isinstance(t, FunctionTool)]
+
+    def recipients(self) -> list[str]:
+        """Every recipient a tool answers to."""
+        return list(self._routes)
+
+    def resolve(self, recipient: str) -> str:
+        """The canonical recipient: aliases mapped to the tool they stand for."""
+        recipient = recipient.strip()
+        return self._aliases.get(recipient, recipient)
+
+    async def run(self, call: ToolCall) -> tuple[str, bool]:
+        """Run one call: `(output, is_error)`. Every failure becomes text for the model."""
+        tool = self._routes.get(call.recipient)
+        if tool is None:
+            available = ", ".join(self._routes) or "none"
+            return f"Unknown tool {call.recipient!r}. Available tools: {available}.", True
+        timeout = (
+            tool.timeout
+            if tool.timeout is not None
+            else (self.default_timeout if isinstance(tool, FunctionTool) else None)
+        )
+        work = tool.invoke(call.arguments) if isinstance(tool, FunctionTool) else tool.call(call)
+        try:
+            return await asyncio.wait_for(work, timeout), False
+        except ToolError as e:
+            return str(e), True
+        except TimeoutError:
+            return f"The call to {call.recipient} timed out after {timeout:g} seconds.", True
+        except Exception as e:
+            return (
+                f"An error occurred while running the tool {call.recipient}. Please try again. "
+                f"Error: {type(e).__name__}: {e}",
+                True,
+            )
+
+    async def aclose(self) -> None:
+        """Close every built-in tool (kernels, browsers), even if one of them fails."""
+        results = await asyncio.gather(
+            *(t.aclose() for t in self.tools if isinstance(t, BuiltinTool)),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result

@@ -1,0 +1,90 @@
+"""Transcripts: a conversation as append-only JSON lines, written while the run proceeds.
+
+Each line is one record: `{"type": "message", "message": {...}}` (harmony's dict form of a
+message, system and developer messages included) or `{"type": "run", ...}` (how a run ended).
+A line is written as soon as its message is complete, so a crash loses at most the message in
+flight; a torn last line is ignored on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+from openai_harmony import Message
+
+from .result import RunResult
+
+
+class TranscriptError(ValueError):
+    """A transcript file that cannot be read."""
+
+
+class TranscriptWriter:
+    """Appends records to a transcript file, flushing each one."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.is_new = not self.path.exists() or self.path.stat().st_size == 0
+        self._file: IO[str] = self.path.open("a", encoding="utf-8")
+        if not self.is_new:
+            self._mend_torn_line()
+
+    def _mend_torn_line(self) -> None:
+        # A crash mid-write leaves a line without its newline: start ours on a fresh line.
+        with self.path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                self._file.write("\n")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def message(self, message: Message) -> None:
+        self._write({"type": "message", "message": message.to_dict()})
+
+    def run_ended(self, result: RunResult) -> None:
+        self._write(
+            {
+                "type": "run",
+                "status": result.status,
+                "detail": result.detail,
+                "usage": asdict(result.usage),
+            }
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def load_transcript(path: str | os.PathLike[str]) -> list[Message]:
+    """The messages of a transcript, in order (system and developer messages included).
+
+    Pass them as `history=` to continue the conversation. A torn last line (a crash while it was
+    written) is skipped; any other unreadable line is an error naming its number.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise TranscriptError(f"transcript not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TranscriptError(f"cannot read transcript {path}: {e}") from None
+    messages = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if record.get("type") == "message":
+                messages.append(Message.from_dict(record["message"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            if number == len(lines):
+                break  # the message in flight when the writer died
+            raise TranscriptError(f"{path}:{number}: not a transcript record ({e})") from None
+    return messages
