@@ -30,16 +30,16 @@ class TranscriptWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.is_new = not self.path.exists() or self.path.stat().st_size == 0
-        self._file: IO[str] = self.path.open("a", encoding="utf-8")
         if not self.is_new:
-            self._mend_torn_line()
+            self._drop_torn_line()
+        self._file: IO[str] = self.path.open("a", encoding="utf-8")
 
-    def _mend_torn_line(self) -> None:
-        # A crash mid-write leaves a line without its newline: start ours on a fresh line.
-        with self.path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                self._file.write("\n")
+    def _drop_torn_line(self) -> None:
+        # A crash mid-write leaves a last line without its newline: that record never finished.
+        with self.path.open("rb+") as f:
+            data = f.read()
+            if not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
 
     def _write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")

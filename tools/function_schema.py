@@ -43,7 +43,12 @@ def function_schema(
             )
         annotation = hints.get(param.name, Any)
         default = ... if param.default is param.empty else param.default
-        fields[param.name] = (annotation, Field(default, description=param_docs.get(param.name)))
+        doc_text = param_docs.get(param.name)
+        # Leave a description given through Annotated[..., Field(description=...)] untouched.
+        fields[param.name] = (
+            annotation,
+            Field(default, description=doc_text) if doc_text else default,
+        )
     try:
         model = create_model(  # type: ignore[call-overload]
             f"{func.__name__}_arguments", __config__=ConfigDict(extra="forbid"), **fields

@@ -1,0 +1,275 @@
+"""The `harmony-agent` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.console import Console
+
+from model import EncodingError, Sampling
+from tools import FunctionTool
+from tools.plugins import PluginError, installed_plugins, load_reference
+
+from .agent import Agent
+from .events import AgentEvent
+from .toolbox import Tool
+from .transcript import TranscriptError
+
+MODEL_ENV = "HARMONY_AGENT_MODEL"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNFINISHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EPILOG = f"""exit codes: {EXIT_OK} answered, {EXIT_ERROR} error (bad model path, tool, input),
+{EXIT_USAGE} bad command line, {EXIT_UNFINISHED} run ended without an answer (a limit, invalid
+model output), {EXIT_INTERRUPTED} interrupted"""
+
+
+class CliError(Exception):
+    """A user mistake, reported as one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        CliError,
+        PluginError,
+        TranscriptError,
+        EncodingError,
+        OSError,
+    ]
+    try:
+        from model.checkpoint import CheckpointError
+
+        errors.append(CheckpointError)
+    except ImportError:  # torch missing: load_model reports that itself
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("harmony-agent: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _user_errors() as e:
+        print(f"harmony-agent: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harmony-agent",
+        description="Run OpenAI's gpt-oss models as agents on your own hardware.",
+        epilog=EPILOG,
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run one task and print the answer",
+        epilog=EPILOG,
+        description="Run one task. The answer goes to stdout; reasoning, tool calls and the "
+        "run's status go to stderr.",
+    )
+    run.add_argument("task", help="what to do")
+    _add_agent_options(run)
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document: final answer, status, messages, usage",
+    )
+    run.add_argument(
+        "--transcript",
+        metavar="FILE",
+        help="append the conversation to this JSONL transcript as it happens",
+    )
+    run.add_argument(
+        "--continue",
+        dest="resume",
+        metavar="FILE",
+        help="continue the conversation saved in this transcript",
+    )
+    run.add_argument("--quiet", action="store_true", help="print only the answer")
+    run.set_defaults(handler=_run)
+
+    listing = commands.add_parser("tools", help="list the tools an agent would get")
+    listing.add_argument(
+        "--tools",
+        dest="tool_refs",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="also load these tools",
+    )
+    listing.set_defaults(handler=_list_tools)
+
+    try:
+        from model.cli import add_model_commands
+    except ModuleNotFoundError as e:  # without torch there are no model utilities
+        if e.name != "torch":
+            raise
+    else:
+        add_model_commands(commands)
+    return parser
+
+
+def _add_agent_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", metavar="PATH", help=f"gpt-oss checkpoint folder (default: ${MODEL_ENV})"
+    )
+    parser.add_argument(
+        "--tools",
+        dest="tool_refs",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="add tools from a module (repeatable)",
+    )
+    parser.add_argument(
+        "--no-plugins", action="store_true", help="do not load tools from installed plugins"
+    )
+    parser.add_argument("--instructions", help="developer instructions")
+    parser.add_argument(
+        "--effort",
+        choices=["low", "medium", "high"],
+        default="medium",
+        help="reasoning effort (default: medium)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="stop after the model has generated N tokens in all",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        default=32,
+        metavar="N",
+        help="at most N model calls (default: 32)",
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="(default: 1.0)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="(default: 1.0)")
+    parser.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _tools(args: argparse.Namespace) -> list[Tool]:
+    tools: list[Tool] = []
+    if not getattr(args, "no_plugins", False):
+        for load in installed_plugins().values():
+            tools.extend(load())
+    for reference in args.tool_refs:
+        tools.extend(load_reference(reference))
+    return tools
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    path = args.model or os.environ.get(MODEL_ENV)
+    if not path:
+        raise CliError(
+            f"no model given: pass --model PATH or set {MODEL_ENV} to a gpt-oss checkpoint "
+            "folder (e.g. the Hugging Face repo openai/gpt-oss-20b, downloaded with "
+            "`huggingface-cli download openai/gpt-oss-20b --include 'original/*'`)"
+        )
+    from model import load_model
+
+    return load_model(path, device=args.device)
+
+
+def _agent(args: argparse.Namespace) -> Agent:
+    try:
+        sampling = Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    tools = _tools(args)  # before the model: a bad --tools fails fast
+    return Agent(
+        _load_model(args),
+        tools=tools,
+        instructions=args.instructions,
+        reasoning_effort=args.effort,
+        sampling=sampling,
+        max_steps=args.max_steps,
+        max_total_tokens=args.max_tokens,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .transcript import load_transcript
+
+    history = load_transcript(args.resume) if args.resume else None
+    transcript = args.transcript or args.resume
+    with _agent(args) as agent:
+        show = _Printer(Console(stderr=True, highlight=False), quiet=args.quiet or args.json)
+        for event in agent.stream(args.task, history=history, transcript=transcript):
+            show(event)
+    result = event.result  # type: ignore[union-attr]  # the last event is RunDone
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    elif result.final is not None:
+        print(result.final)
+    return EXIT_OK if result.status == "completed" else EXIT_UNFINISHED
+
+
+class _Printer:
+    """Streams a run to stderr as it happens; the answer itself is printed to stdout."""
+
+    def __init__(self, console: Console, *, quiet: bool) -> None:
+        self.console = console
+        self.quiet = quiet
+        self._handlers: dict[str, Callable[[Any], None]] = {
+            "reasoning.delta": lambda e: self.console.print(e.text, style="dim", end=""),
+            "commentary.delta": lambda e: self.console.print(e.text, style="italic", end=""),
+            "tool_call": lambda e: self.console.print(
+                f"\n→ {e.call.recipient} {e.call.arguments.strip()[:200]}", style="cyan"
+            ),
+            "tool_result": lambda e: self.console.print(
+                f"← {e.output.strip()[:400]}", style="red" if e.is_error else "green"
+            ),
+            "done": self._done,
+        }
+
+    def __call__(self, event: AgentEvent) -> None:
+        if not self.quiet and (handler := self._handlers.get(event.type)):
+            handler(event)
+
+    def _done(self, event: Any) -> None:
+        result, usage = event.result, event.result.usage
+        self.console.print()
+        if result.status != "completed":
+            self.console.print(f"run ended: {result.status}: {result.detail}", style="yellow")
+        self.console.print(
+            f"{usage.steps} steps, {usage.tool_calls} tool calls, {usage.output_tokens} tokens "
+            f"at {usage.tokens_per_second:.1f} tok/s, {usage.seconds:.1f} s",
+            style="dim",
+        )
+
+
+def _list_tools(args: argparse.Namespace) -> int:
+    console = Console(highlight=False)
+    tools = _tools(args)
+    if not tools:
+        console.print("no tools: install a plugin or pass --tools MODULE:ATTR")
+    for tool in tools:
+        if isinstance(tool, FunctionTool):
+            console.print(f"[bold]functions.{tool.name}[/bold]  {tool.description}")
+            console.print(json.dumps(tool.parameters), style="dim", soft_wrap=True)
+        else:
+            console.print(f"[bold]{', '.join(tool.recipients())}[/bold]  (built-in namespace)")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
