@@ -13,7 +13,6 @@ from typing import Any, Literal, TypeVar
 
 from openai_harmony import (
     Author,
-    Conversation,
     HarmonyError,
     Message,
     Role,
@@ -26,6 +25,7 @@ from tools import ToolCall
 
 from ._tokens import stream_tokens
 from .conversation import (
+    Prompt,
     developer_message,
     drop_finished_analysis,
     strip_preamble,
@@ -136,7 +136,7 @@ class Agent:
         past = strip_preamble(history.messages if isinstance(history, RunResult) else history or [])
         user = Message.from_role_and_content(Role.USER, prompt)
         messages = list(past)  # what the result reports
-        visible = [*preamble, *drop_finished_analysis(past)]  # what the model reads
+        prompt_tokens = Prompt(encoding, [*preamble, *drop_finished_analysis(past)])
         usage = Usage()
         writer = TranscriptWriter(transcript) if transcript is not None else None
         if writer is not None and writer.is_new:
@@ -145,7 +145,7 @@ class Agent:
 
         def add(message: Message) -> MessageAdded:
             messages.append(message)
-            visible.append(message)
+            prompt_tokens.append(message)
             if writer is not None:
                 writer.message(message)
             return MessageAdded(message)
@@ -168,9 +168,7 @@ class Agent:
                         return
                     if left < budget:
                         budget, limit = left, "max_total_tokens"
-                tokens = encoding.render_conversation_for_completion(
-                    Conversation.from_messages(visible), Role.ASSISTANT
-                )
+                tokens = prompt_tokens.for_completion()
                 usage.steps += 1
                 usage.prompt_tokens += len(tokens)
 

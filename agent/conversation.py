@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from openai_harmony import (
+    Conversation,
     DeveloperContent,
+    HarmonyEncoding,
     Message,
     ReasoningEffort,
+    RenderConversationConfig,
     Role,
     SystemContent,
     ToolDescription,
@@ -90,3 +93,30 @@ def drop_finished_analysis(messages: Sequence[Message]) -> list[Message]:
 def text_of(message: Message) -> str:
     """The text content of a message."""
     return "".join(getattr(c, "text", "") for c in message.content)
+
+
+class Prompt:
+    """The rendered conversation, extended one message at a time.
+
+    Re-rendering the whole conversation at every step costs time that grows with it; harmony
+    renders user, assistant and tool messages independently of what precedes them, so the
+    conversation so far is rendered once and each new message appended.
+    """
+
+    _CONFIG = RenderConversationConfig(auto_drop_analysis=False)  # the caller drops analysis
+
+    def __init__(self, encoding: HarmonyEncoding, messages: Sequence[Message]) -> None:
+        self.encoding = encoding
+        conversation = Conversation.from_messages(list(messages))
+        self.tokens = encoding.render_conversation(conversation, self._CONFIG)
+        with_start = encoding.render_conversation_for_completion(
+            conversation, Role.ASSISTANT, self._CONFIG
+        )
+        self._assistant_start = with_start[len(self.tokens) :]
+
+    def append(self, message: Message) -> None:
+        self.tokens.extend(self.encoding.render(message))
+
+    def for_completion(self) -> list[int]:
+        """The tokens the model continues: the conversation, then `<|start|>assistant`."""
+        return [*self.tokens, *self._assistant_start]

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from openai_harmony import Message, Role, ToolDescription, ToolNamespaceConfig
+from openai_harmony import Conversation, Message, Role, ToolDescription, ToolNamespaceConfig
 
 from agent import Agent, RunDone, RunResult
 from model import ScriptedModel, harmony_encoding
@@ -114,6 +114,30 @@ def test_tool_call_then_final(call: str) -> None:
         Role.TOOL,
         Role.ASSISTANT,
     ]
+
+
+def test_prompts_equal_harmonys_rendering_of_the_whole_conversation() -> None:
+    model = ScriptedModel(
+        [
+            "<|channel|>analysis<|message|>Add.<|end|><|start|>assistant" + CALL_ADD,
+            "<|channel|>analysis to=notes.write<|message|>é 日本<|call|>",
+            "<|channel|>commentary<|message|>Done soon.<|end|><|start|>assistant" + FINAL,
+            "<|channel|>final<|message|>Again 5.<|return|>",
+        ]
+    )
+    agent = Agent(model, tools=[add, Notes()], instructions="Be exact.")
+    first = agent.run("What is 2 + 3?")
+    second = agent.run("Again?", history=first)
+    encoding = harmony_encoding()
+    preamble = agent.preamble()
+    # The conversation as the model saw it before each step (finished analysis dropped).
+    seen = [first.messages[:1], first.messages[:4], first.messages[:6]]
+    seen.append([m for m in second.messages[:8] if m.channel != "analysis"] + second.messages[8:9])
+    for prompt, messages in zip(model.prompts, seen, strict=True):
+        expected = encoding.render_conversation_for_completion(
+            Conversation.from_messages([*preamble, *messages]), Role.ASSISTANT
+        )
+        assert prompt == expected
 
 
 def test_prompt_declares_tools_effort_and_date() -> None:
