@@ -99,6 +99,10 @@ class Agent:
     def _toolbox(self) -> Toolbox:
         return Toolbox(self.tools, default_timeout=self.tool_timeout)
 
+    def tool_recipients(self) -> list[str]:
+        """Every recipient the model may address: `functions.add`, `python`, `browser.open`, ..."""
+        return self._toolbox().recipients()
+
     def preamble(self, toolbox: Toolbox | None = None) -> list[Message]:
         """The system message and, when there are instructions or functions, the developer one."""
         toolbox = toolbox or self._toolbox()

@@ -6,17 +6,18 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from model import EncodingError, Sampling
+from model import EncodingError, Sampling, ScriptedModel
 from tools import FunctionTool
 from tools.plugins import PluginError, installed_plugins, load_reference
 
 from .agent import Agent
-from .events import AgentEvent
+from .terminal import EventView
 from .toolbox import Tool
 from .transcript import TranscriptError
 
@@ -97,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print only the answer")
     run.set_defaults(handler=_run)
 
+    chat = commands.add_parser(
+        "chat",
+        help="talk with the agent in the terminal",
+        description="An interactive conversation; /help inside lists the commands.",
+    )
+    _add_agent_options(chat)
+    chat.add_argument(
+        "--transcript",
+        metavar="FILE",
+        help="keep the conversation in this JSONL transcript (continued if it exists)",
+    )
+    chat.set_defaults(handler=_chat)
+
     listing = commands.add_parser("tools", help="list the tools an agent would get")
     listing.add_argument(
         "--tools",
@@ -119,8 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_agent_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--model", metavar="PATH", help=f"gpt-oss checkpoint folder (default: ${MODEL_ENV})"
+    )
+    source.add_argument(
+        "--scripted",
+        metavar="FILE",
+        help="replay scripted harmony completions instead of a model (a JSON list of strings, "
+        "or one JSON string per line): for testing tools",
     )
     parser.add_argument(
         "--tools",
@@ -157,6 +178,12 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="(default: 1.0)")
     parser.add_argument("--seed", type=int, help="seed for reproducible sampling")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+    parser.add_argument(
+        "--hide-reasoning",
+        dest="reasoning",
+        action="store_false",
+        help="do not show the model's reasoning",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -177,6 +204,8 @@ def _tools(args: argparse.Namespace) -> list[Tool]:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
+    if args.scripted:
+        return _scripted_model(args.scripted)
     path = args.model or os.environ.get(MODEL_ENV)
     if not path:
         raise CliError(
@@ -187,6 +216,24 @@ def _load_model(args: argparse.Namespace) -> Any:
     from model import load_model
 
     return load_model(path, device=args.device)
+
+
+def _scripted_model(path: str) -> ScriptedModel:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"cannot read scripted turns {path}: {e.strerror}") from None
+    try:
+        turns = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
+    except json.JSONDecodeError as e:
+        raise CliError(f"{path}: not JSON ({e})") from None
+    if not all(isinstance(t, str) for t in turns):
+        raise CliError(f"{path}: expected harmony completions as JSON strings")
+    return ScriptedModel(turns)
 
 
 def _agent(args: argparse.Namespace) -> Agent:
@@ -212,9 +259,10 @@ def _run(args: argparse.Namespace) -> int:
     history = load_transcript(args.resume) if args.resume else None
     transcript = args.transcript or args.resume
     with _agent(args) as agent:
-        show = _Printer(Console(stderr=True, highlight=False), quiet=args.quiet or args.json)
+        view = EventView(Console(stderr=True), show_reasoning=args.reasoning, show_final=False)
         for event in agent.stream(args.task, history=history, transcript=transcript):
-            show(event)
+            if not (args.quiet or args.json):
+                view(event)
     result = event.result  # type: ignore[union-attr]  # the last event is RunDone
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
@@ -223,38 +271,12 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.status == "completed" else EXIT_UNFINISHED
 
 
-class _Printer:
-    """Streams a run to stderr as it happens; the answer itself is printed to stdout."""
+def _chat(args: argparse.Namespace) -> int:
+    from .chat import Chat
 
-    def __init__(self, console: Console, *, quiet: bool) -> None:
-        self.console = console
-        self.quiet = quiet
-        self._handlers: dict[str, Callable[[Any], None]] = {
-            "reasoning.delta": lambda e: self.console.print(e.text, style="dim", end=""),
-            "commentary.delta": lambda e: self.console.print(e.text, style="italic", end=""),
-            "tool_call": lambda e: self.console.print(
-                f"\n→ {e.call.recipient} {e.call.arguments.strip()[:200]}", style="cyan"
-            ),
-            "tool_result": lambda e: self.console.print(
-                f"← {e.output.strip()[:400]}", style="red" if e.is_error else "green"
-            ),
-            "done": self._done,
-        }
-
-    def __call__(self, event: AgentEvent) -> None:
-        if not self.quiet and (handler := self._handlers.get(event.type)):
-            handler(event)
-
-    def _done(self, event: Any) -> None:
-        result, usage = event.result, event.result.usage
-        self.console.print()
-        if result.status != "completed":
-            self.console.print(f"run ended: {result.status}: {result.detail}", style="yellow")
-        self.console.print(
-            f"{usage.steps} steps, {usage.tool_calls} tool calls, {usage.output_tokens} tokens "
-            f"at {usage.tokens_per_second:.1f} tok/s, {usage.seconds:.1f} s",
-            style="dim",
-        )
+    with _agent(args) as agent:
+        Chat(agent, show_reasoning=args.reasoning, transcript=args.transcript).loop()
+    return EXIT_OK
 
 
 def _list_tools(args: argparse.Namespace) -> int:

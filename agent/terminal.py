@@ -1,0 +1,171 @@
+"""Showing a run in the terminal as it streams: reasoning dimmed, tools as panels, the answer
+as markdown, and a line of figures at the end of each turn."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.text import Text
+
+from model import harmony_encoding
+
+from .events import AgentEvent, RunDone, ToolCalled, ToolResult
+from .result import RunResult
+
+MAX_RESULT_LINES = 12
+
+
+def shorten(text: str, max_lines: int = MAX_RESULT_LINES, max_chars: int = 2000) -> str:
+    """The start of `text`, with a note of how much was left out."""
+    lines = text.strip("\n").splitlines()
+    kept = "\n".join(lines[:max_lines])[:max_chars]
+    hidden = len(lines) - len(kept.splitlines())
+    return kept + (f"\n… {hidden} more lines" if hidden > 0 else "")
+
+
+def tool_call_view(call: ToolCalled) -> RenderableType:
+    """A tool call as a panel: python code highlighted, JSON arguments pretty-printed."""
+    recipient, arguments = call.call.recipient, call.call.arguments
+    body: RenderableType
+    if recipient == "python":
+        body = Syntax(arguments.strip("\n"), "python", theme="ansi_dark", line_numbers=False)
+    else:
+        try:
+            body = Syntax(json.dumps(json.loads(arguments), indent=2, ensure_ascii=False), "json",
+                          theme="ansi_dark")  # fmt: skip
+        except ValueError:
+            body = Text(arguments)
+    return Panel(body, title=f"→ {recipient}", title_align="left", border_style="cyan",
+                 expand=False)  # fmt: skip
+
+
+def tool_result_view(result: ToolResult) -> RenderableType:
+    """A tool's answer, shortened (browser pages run long), red when it is an error."""
+    style = "red" if result.is_error else "green"
+    return Panel(
+        Text(shorten(result.output)),
+        title=f"← {result.call.recipient} ({result.seconds:.2f} s)",
+        title_align="left",
+        border_style=style,
+        expand=False,
+    )
+
+
+def turn_summary(result: RunResult) -> Text:
+    """Tokens, speed and time of a run; its status when it did not complete."""
+    u = result.usage
+    text = Text(
+        f"{u.output_tokens} tokens · {u.tokens_per_second:.1f} tok/s · {u.steps} steps · "
+        f"{u.tool_calls} tool calls · {u.seconds:.1f} s",
+        style="dim",
+    )
+    if result.status != "completed":
+        text = Text.assemble((f"⚠ {result.status}: {result.detail}\n", "yellow"), text)
+    return text
+
+
+class EventView:
+    """Renders agent events on a console as they arrive.
+
+    `show_reasoning` streams the chain of thought dimmed; `raw` also prints every message as
+    harmony text; `show_final=False` leaves the answer to the caller (e.g. for stdout). The final
+    answer streams as live markdown on a terminal and is printed once, as markdown, elsewhere.
+    `resolve_citations` rewrites the answer's citations before display.
+    """
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        show_reasoning: bool = True,
+        raw: bool = False,
+        show_final: bool = True,
+        resolve_citations: Callable[[str], str] | None = None,
+    ) -> None:
+        self.console = console or Console()
+        self.show_reasoning = show_reasoning
+        self.raw = raw
+        self.show_final = show_final
+        self.resolve_citations = resolve_citations or (lambda text: text)
+        self._final = ""
+        self._live: Live | None = None
+        self._at_line_start = True
+
+    def __call__(self, event: AgentEvent) -> None:
+        handler = getattr(self, "_on_" + event.type.replace(".", "_"), None)
+        if handler is not None:
+            handler(event)
+
+    def close(self) -> None:
+        """Stop a live display left open by an interrupted run."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        self._final = ""
+
+    def _write(self, text: str, style: str) -> None:
+        self.console.print(text, style=style, end="", highlight=False, markup=False)
+        self._at_line_start = text.endswith("\n")
+
+    def _newline(self) -> None:
+        if not self._at_line_start:
+            self.console.print()
+            self._at_line_start = True
+
+    def _on_reasoning_delta(self, event: Any) -> None:
+        if self.show_reasoning:
+            self._write(event.text, "dim")
+
+    def _on_commentary_delta(self, event: Any) -> None:
+        self._write(event.text, "italic")
+
+    def _on_tool_call(self, event: ToolCalled) -> None:
+        self._newline()
+        self.console.print(tool_call_view(event))
+
+    def _on_tool_result(self, event: ToolResult) -> None:
+        self.console.print(tool_result_view(event))
+
+    def _on_final_delta(self, event: Any) -> None:
+        if not self.show_final:
+            return
+        self._newline()
+        self._final += event.text
+        if not self.console.is_terminal:
+            return  # printed whole when the message completes
+        if self._live is None:
+            self._live = Live(console=self.console, refresh_per_second=8,
+                              vertical_overflow="visible")  # fmt: skip
+            self._live.start()
+        self._live.update(Markdown(self._final))
+
+    def _on_message(self, event: Any) -> None:
+        message = event.message
+        if self.raw:
+            encoding = harmony_encoding()
+            self._newline()
+            self.console.print(encoding.decode(encoding.render(message)), style="magenta",
+                               markup=False, highlight=False)  # fmt: skip
+        if self._final:  # the message the final deltas belonged to is complete
+            answer = Markdown(self.resolve_citations(self._final))
+            if self._live is not None:
+                self._live.update(answer)
+                self._live.stop()
+                self._live = None
+            else:
+                self.console.print(answer)
+            self._final = ""
+        else:
+            self._newline()
+
+    def _on_done(self, event: RunDone) -> None:
+        self.close()
+        self._newline()
+        self.console.print(turn_summary(event.result))
