@@ -45,7 +45,7 @@ class Chat:
         read_line: Callable[[str], str] | None = None,
     ) -> None:
         self.agent = agent
-        self.console = console or Console()
+        self.console = console or Console(highlight=False)
         self.view = EventView(self.console, show_reasoning=show_reasoning)
         self.transcript = transcript
         self.history: list[Message] = load_transcript(transcript) if _exists(transcript) else []

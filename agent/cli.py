@@ -219,21 +219,27 @@ def _load_model(args: argparse.Namespace) -> Any:
 
 
 def _scripted_model(path: str) -> ScriptedModel:
+    """Turns from a JSON list of strings, one JSON string per line, or
+    `{"turns": [...], "delay": seconds per token}`."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise CliError(f"cannot read scripted turns {path}: {e.strerror}") from None
     try:
-        turns = (
-            json.loads(text)
-            if text.lstrip().startswith("[")
-            else [json.loads(line) for line in text.splitlines() if line.strip()]
-        )
+        if text.lstrip().startswith(("[", "{")):
+            data = json.loads(text)
+        else:
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as e:
         raise CliError(f"{path}: not JSON ({e})") from None
-    if not all(isinstance(t, str) for t in turns):
+    turns, delay = (
+        (data.get("turns"), data.get("delay", 0.0)) if isinstance(data, dict) else (data, 0.0)
+    )
+    if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
         raise CliError(f"{path}: expected harmony completions as JSON strings")
-    return ScriptedModel(turns)
+    if not isinstance(delay, int | float) or delay < 0:
+        raise CliError(f"{path}: delay must be a number of seconds >= 0")
+    return ScriptedModel(turns, delay=float(delay))
 
 
 def _agent(args: argparse.Namespace) -> Agent:

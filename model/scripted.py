@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterator, Sequence
 
 from .encoding import harmony_encoding
@@ -19,16 +20,18 @@ class ScriptedModel:
     with special tokens written out, e.g.
     `"<|channel|>final<|message|>Hello!<|return|>"`; or a list of token ids. Generation stops
     after the first stop token or `max_tokens`, as a real model's would. Every prompt received is
-    kept in `.prompts` (lists of token ids).
+    kept in `.prompts` (lists of token ids). `delay` waits that many seconds before each token,
+    to watch or interrupt a streaming interface.
     """
 
-    def __init__(self, turns: Sequence[str | Sequence[int]]) -> None:
+    def __init__(self, turns: Sequence[str | Sequence[int]], *, delay: float = 0.0) -> None:
         encoding = harmony_encoding()
         self.turns: list[list[int]] = [
             encoding.encode(t, allowed_special="all") if isinstance(t, str) else list(t)
             for t in turns
         ]
         self.prompts: list[list[int]] = []
+        self.delay = delay
 
     @property
     def remaining(self) -> int:
@@ -53,9 +56,10 @@ class ScriptedModel:
         self.prompts.append(list(prompt))
         return self._stream(turn, set(stop_tokens), max_tokens)
 
-    @staticmethod
-    def _stream(turn: list[int], stop_tokens: set[int], max_tokens: int) -> Iterator[int]:
+    def _stream(self, turn: list[int], stop_tokens: set[int], max_tokens: int) -> Iterator[int]:
         for token in turn[:max_tokens]:
+            if self.delay:
+                time.sleep(self.delay)
             yield token
             if token in stop_tokens:
                 return

@@ -1,0 +1,158 @@
+"""The `harmony-agent` command, driven as a user would: subprocesses and a pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+ROOT = Path(__file__).parent.parent
+CALL = (
+    "<|channel|>analysis<|message|>Use the tool.<|end|><|start|>assistant<|channel|>commentary "
+    'to=functions.add <|constrain|>json<|message|>{"a": 2, "b": 3}<|call|>'
+)
+FINAL = "<|channel|>final<|message|>The answer is **5**.<|return|>"
+TOOLS = '''
+from tools import function_tool
+
+@function_tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+'''
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "cli_tools.py").write_text(TOOLS)
+    (tmp_path / "turns.json").write_text(json.dumps([CALL, FINAL]))
+    return tmp_path
+
+
+def env(workdir: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{workdir}{os.pathsep}{ROOT}", "COLUMNS": "100",
+            "HARMONY_AGENT_CACHE": str(workdir / "cache")}  # fmt: skip
+
+
+def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        cwd=workdir, env=env(workdir), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_run_prints_the_answer_on_stdout(workdir: Path) -> None:
+    proc = cli(workdir, "run", "--scripted", "turns.json", "--tools", "cli_tools:add", "2+3?")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "The answer is **5**.\n"
+    assert "Use the tool." in proc.stderr and "functions.add" in proc.stderr
+    assert "2 steps · 1 tool calls" in proc.stderr
+
+
+def test_run_json_is_one_document(workdir: Path) -> None:
+    proc = cli(workdir, "run", "--scripted", "turns.json", "--tools", "cli_tools:add", "--json",
+               "2+3?")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["final"] == "The answer is **5**." and doc["status"] == "completed"
+    assert [m["role"] for m in doc["messages"]] == ["user", "assistant", "assistant", "tool",
+                                                    "assistant"]  # fmt: skip
+    assert doc["usage"]["tool_calls"] == 1
+    assert proc.stderr == ""
+
+
+def test_run_without_an_answer_exits_3(workdir: Path) -> None:
+    proc = cli(workdir, "run", "--scripted", "turns.json", "--tools", "cli_tools:add",
+               "--max-steps", "1", "2+3?")  # fmt: skip
+    assert proc.returncode == 3
+    assert "max_steps: max_steps (1) reached without a final answer" in proc.stderr
+
+
+def test_transcript_and_continue(workdir: Path) -> None:
+    (workdir / "more.json").write_text(json.dumps(["<|channel|>final<|message|>6<|return|>"]))
+    first = cli(workdir, "run", "--scripted", "turns.json", "--tools", "cli_tools:add",
+                "--transcript", "t.jsonl", "2+3?")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    second = cli(workdir, "run", "--scripted", "more.json", "--continue", "t.jsonl", "--json",
+                 "plus one?")  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    roles = [m["role"] for m in json.loads(second.stdout)["messages"]]
+    assert roles == ["user", "assistant", "assistant", "tool", "assistant", "user", "assistant"]
+    lines = (workdir / "t.jsonl").read_text().splitlines()
+    assert sum(json.loads(line).get("type") == "run" for line in lines) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["run", "hi"],
+            "harmony-agent: error: no model given: pass --model PATH or set HARMONY_AGENT_MODEL",
+        ),
+        (["run", "--model", "no/such/folder", "hi"], "no/such/folder"),
+        (["run", "--scripted", "missing.json", "hi"], "cannot read scripted turns missing.json"),
+        (["run", "--scripted", "turns.json", "--tools", "nope:add", "hi"], "cannot import 'nope'"),
+        (
+            ["run", "--scripted", "turns.json", "--continue", "none.jsonl", "hi"],
+            "transcript not found: none.jsonl",
+        ),
+    ],
+)
+def test_bad_input_is_one_line(workdir: Path, args: list[str], message: str) -> None:
+    proc = cli(workdir, *args)
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_bad_command_line_exits_2(workdir: Path) -> None:
+    proc = cli(workdir, "run", "--max-steps", "0", "hi")
+    assert proc.returncode == 2 and "must be at least 1, got 0" in proc.stderr
+
+
+def test_tools_lists_schemas(workdir: Path) -> None:
+    proc = cli(workdir, "tools", "--tools", "cli_tools:add")
+    assert proc.returncode == 0
+    assert "functions.add  Add two integers." in proc.stdout
+    assert '"a": {"type": "integer"}' in proc.stdout
+
+
+def test_chat_in_a_terminal(workdir: Path) -> None:
+    slow = "<|channel|>analysis<|message|>" + "thinking " * 2000 + "<|end|>"
+    (workdir / "chat.json").write_text(json.dumps({"turns": [CALL, FINAL, slow], "delay": 0.01}))
+    child = pexpect.spawn(
+        sys.executable, ["-m", "agent.cli", "chat", "--scripted", "chat.json", "--tools",
+                         "cli_tools:add"],
+        cwd=str(workdir), env=env(workdir), encoding="utf-8", timeout=60, dimensions=(40, 100),
+    )  # fmt: skip
+    try:
+        child.expect("tools: functions.add")
+        child.expect("› ")
+        child.sendline("/effort high")
+        child.expect("reasoning effort: high")
+        child.sendline("What is 2+3?")
+        child.expect("The answer is")
+        child.expect(r"2 steps · 1 tool calls")
+        child.expect("› ")
+        child.sendline("/save saved.jsonl")
+        child.expect("saved 5 messages to saved.jsonl")
+        child.sendline("think hard")
+        child.expect("thinking")
+        child.sendintr()  # Ctrl-C stops the answer, not the chat
+        child.expect("stopped")
+        child.expect("› ")
+        child.sendline("/tools")
+        child.expect("functions.add")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    saved = [json.loads(line) for line in (workdir / "saved.jsonl").read_text().splitlines()]
+    assert saved[0]["message"]["role"] == "system"
+    assert '"reasoning_effort": "High"' in json.dumps(saved[0])
