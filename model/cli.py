@@ -1,0 +1,172 @@
+"""Model subcommands for the `harmony-agent` CLI: random-checkpoint, inspect, convert, bench.
+
+`add_model_commands(subparsers)` registers them; each handler returns an exit code, and errors are
+one line on stderr with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_model_commands(subparsers: Any) -> None:
+    """Register the model subcommands on an argparse subparsers object (sets `handler`)."""
+    p = subparsers.add_parser("random-checkpoint", help="write a random gpt-oss checkpoint")
+    p.add_argument("path", type=Path, help="folder to write")
+    p.add_argument("--preset", choices=["20b", "120b", "tiny"], default="tiny")
+    p.add_argument("--layers", type=int, help="number of layers (default: the preset's)")
+    p.add_argument("--experts", type=int, help="number of experts (default: the preset's)")
+    p.add_argument("--vocab", type=int, help="vocabulary size (default: the preset's)")
+    p.add_argument("--layout", choices=["original", "hf"], default="original")
+    p.add_argument("--dense", action="store_true", help="dense experts instead of MXFP4")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_guard(_random_checkpoint))
+
+    p = subparsers.add_parser("inspect", help="show a checkpoint's config, tensors and sizes")
+    p.add_argument("path", type=Path)
+    p.add_argument("--tensors", action="store_true", help="list every tensor")
+    p.set_defaults(handler=_guard(_inspect))
+
+    p = subparsers.add_parser("convert", help="rewrite a checkpoint in another layout")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--layout", choices=["original", "hf"], required=True)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--mxfp4", action="store_true", help="quantise dense experts to MXFP4")
+    group.add_argument("--dense", action="store_true", help="dequantise MXFP4 experts")
+    p.set_defaults(handler=_guard(_convert))
+
+    p = subparsers.add_parser("bench", help="CPU prefill/decode speed vs transformers")
+    p.add_argument("--checkpoint", type=Path, help="benchmark this checkpoint instead")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/harmony-agent-bench"))
+    p.add_argument("--preset", choices=["20b", "120b", "tiny"], default="20b")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--experts", type=int, help="number of experts (default: the preset's)")
+    p.add_argument("--vocab", type=int, help="vocabulary size (default: the preset's)")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--decode", type=int, default=32, help="tokens to decode")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--our-experts", choices=["auto", "dense", "mxfp4"], default="auto")
+    p.add_argument("--no-transformers", action="store_true", help="skip the reference run")
+    p.set_defaults(handler=_guard(_bench))
+
+
+def _guard(fn: Handler) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        from .checkpoint import CheckpointError
+
+        try:
+            return fn(args)
+        except (CheckpointError, ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return run
+
+
+def _config(preset: str, layers: int | None, experts: int | None, vocab: int | None) -> Any:
+    from .config import PRESETS
+
+    base = PRESETS[preset]
+    return dataclasses.replace(
+        base,
+        num_hidden_layers=layers or base.num_hidden_layers,
+        num_experts=experts or base.num_experts,
+        vocab_size=vocab or base.vocab_size,
+    )
+
+
+def _random_checkpoint(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import write_random_checkpoint
+
+    config = _config(args.preset, args.layers, args.experts, args.vocab)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    folder = write_random_checkpoint(
+        args.path, config, layout=args.layout, seed=args.seed, mxfp4=not args.dense, dtype=dtype
+    )
+    print(f"wrote {folder} ({args.layout} layout, {'dense' if args.dense else 'MXFP4'} experts)")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .checkpoint import Checkpoint
+
+    ckpt = Checkpoint(args.path)
+    c = ckpt.config
+    gib = 1 << 30
+    kind = "MXFP4" if ckpt.packed else "dense"
+    print(f"{ckpt.folder}: {ckpt.layout} layout, {len(ckpt.files)} file(s), "
+          f"{ckpt.nbytes() / gib:.2f} GiB, experts {kind}")  # fmt: skip
+    for k, v in c.to_reference_json().items():
+        print(f"  {k:24s} {v}")
+    counts = c.param_counts()
+    total = sum(counts.values())
+    print(
+        f"parameters: {total / 1e9:.3f} B total, {c.active_params_per_token() / 1e9:.3f} B active"
+    )
+    for k, v in counts.items():
+        print(f"  {k:24s} {v / 1e6:12.2f} M")
+    experts = counts["experts"]
+    rest = total - experts
+    mxfp4 = experts * (0.5 + 1 / 32) + rest * 2  # 4 bits + one scale byte per 32 values
+    print(f"memory (weights): bf16 with MXFP4 experts {mxfp4 / gib:.2f} GiB, "
+          f"all bf16 {total * 2 / gib:.2f} GiB")  # fmt: skip
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2
+    print(f"KV cache (bf16): {per_token * 1024 / (1 << 20):.1f} MiB per 1024 tokens")
+    if args.tensors:
+        for name, t in ckpt.tensors():
+            print(f"  {name:44s} {str(t.dtype).removeprefix('torch.'):9s} {tuple(t.shape)}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .checkpoint import convert_checkpoint
+
+    mxfp4 = True if args.mxfp4 else False if args.dense else None
+    folder = convert_checkpoint(args.src, args.dst, layout=args.layout, mxfp4=mxfp4)
+    print(f"wrote {folder} ({args.layout} layout)")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(
+        checkpoint=args.checkpoint,
+        workdir=args.workdir,
+        preset=args.preset,
+        layers=args.layers,
+        experts=args.experts,
+        vocab=args.vocab,
+        prompt_len=args.prompt_len,
+        decode_tokens=args.decode,
+        threads=args.threads,
+        with_transformers=not args.no_transformers,
+        our_experts=args.our_experts,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: `python -m model.cli ...` (the agent CLI embeds these commands)."""
+    parser = argparse.ArgumentParser(prog="python -m model.cli")
+    add_model_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""load_model: a gpt-oss checkpoint folder -> a model that implements the `Model` protocol."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+from .checkpoint import Checkpoint, CheckpointError, repack
+from .gpt_oss import Transformer, rope_inv_freq
+
+if TYPE_CHECKING:
+    from .engine import GptOss
+
+Experts = Literal["auto", "dense", "mxfp4"]
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    backend: str | None = None,
+    *,
+    experts: Experts = "auto",
+    max_context: int | None = None,
+    progress: bool | None = None,
+) -> GptOss:
+    """Load a gpt-oss checkpoint folder: reference (`original/`) or Hugging Face layout.
+
+    device: default CUDA when available, else CPU. dtype: default the checkpoint's (bf16 for
+    the released weights). backend: "torch", or "triton" (not available yet); None picks torch.
+    experts: "auto" keeps them as stored; "mxfp4" keeps them packed and dequantises each expert
+    when used (gpt-oss-20b fits a 24 GiB machine this way); "dense" unpacks them at load.
+    max_context: KV-cache length (default min(context_length, 8192)).
+    progress: a progress bar on stderr; None shows it only on a terminal.
+    """
+    from .engine import GptOss
+
+    if backend not in (None, "torch", "triton"):
+        raise ValueError(f"unknown backend {backend!r} (torch or triton)")
+    if backend == "triton":
+        raise CheckpointError("the triton backend is not available yet; use backend='torch'")
+    if experts not in ("auto", "dense", "mxfp4"):
+        raise ValueError(f"unknown experts mode {experts!r} (auto, dense or mxfp4)")
+    dev = torch.device(
+        device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    if isinstance(dtype, str):
+        dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
+                 "float32": torch.float32}.get(dtype)  # fmt: skip
+        if dtype is None:
+            raise ValueError("dtype must be bf16 or fp32")
+
+    ckpt = Checkpoint(path)
+    config = ckpt.config
+    packed = ckpt.packed if experts == "auto" else experts == "mxfp4"
+    if packed and (config.hidden_size % 32 or config.intermediate_size % 32):
+        raise CheckpointError(
+            "MXFP4 experts need hidden_size and intermediate_size multiples of 32"
+        )
+    if dtype is None:
+        dtype = ckpt.raw(_stored(ckpt, "embedding.weight")).dtype
+        if not dtype.is_floating_point:
+            raise CheckpointError(f"{ckpt.folder}: embedding.weight is not floating point")
+
+    with torch.device("meta"):
+        model = Transformer(config, packed_experts=packed)
+    state: dict[str, torch.Tensor] = {}
+    for name, t in repack(_progress(ckpt.tensors(), ckpt, progress), packed, dtype):
+        state[_module_name(name)] = _convert(name, t, dtype, dev)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.inv_freq = rope_inv_freq(config).to(dev)
+    model.eval().requires_grad_(False)
+    return GptOss(model, max_context=max_context, keepalive=ckpt)
+
+
+def _stored(ckpt: Checkpoint, name: str) -> str:
+    from .checkpoint import to_stored_name
+
+    return to_stored_name(ckpt, name)
+
+
+def _convert(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if t.dtype == torch.uint8:
+        return t.to(device)
+    if name.endswith(("norm.scale", "sinks")):
+        return t.to(device, torch.float32)
+    return t.to(device, dtype)
+
+
+def _module_name(name: str) -> str:
+    """Canonical checkpoint name -> Transformer state-dict name."""
+    for p in ("mlp1", "mlp2"):
+        name = name.replace(f"mlp.{p}_weight.blocks", f"mlp.experts.{p}_blocks")
+        name = name.replace(f"mlp.{p}_weight.scales", f"mlp.experts.{p}_scales")
+        name = name.replace(f"mlp.{p}_weight", f"mlp.experts.{p}_weight")
+        name = name.replace(f"mlp.{p}_bias", f"mlp.experts.{p}_bias")
+    return name
+
+
+def _progress(
+    tensors: Iterator[tuple[str, torch.Tensor]], ckpt: Checkpoint, show: bool | None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        yield from tensors
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("loading {task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(ckpt.folder.name, total=ckpt.nbytes())
+        for name, t in tensors:
+            yield name, t
+            bar.advance(task, t.numel() * t.element_size())
