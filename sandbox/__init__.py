@@ -1,1 +1,25 @@
-"""Process isolation for untrusted, model-written code."""
+"""Process isolation for untrusted, model-written code, and the sandboxed Jupyter kernel.
+
+`spawn()`/`run()` start a program in a sandbox built with bubblewrap (namespaces, a read-only
+minimal filesystem, a writable /mnt/data), an unprivileged uid without capabilities, cgroups or
+rlimits and a seccomp deny list; `start_kernel()` runs an ipykernel that way. `probe()` says what
+the machine supports and raises `SandboxUnavailable`, naming what is missing, when it cannot
+sandbox. `sandbox.process` documents what the sandbox does and does not protect against.
+"""
+
+from .config import SandboxConfig
+from .kernel import KernelProcess, start_kernel
+from .process import SCRATCH, SandboxedProcess, SandboxUnavailable, Support, probe, run, spawn
+
+__all__ = [
+    "SCRATCH",
+    "KernelProcess",
+    "SandboxConfig",
+    "SandboxUnavailable",
+    "SandboxedProcess",
+    "Support",
+    "probe",
+    "run",
+    "spawn",
+    "start_kernel",
+]

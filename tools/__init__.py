@@ -1,6 +1,33 @@
 """Tools the model can call: developer functions, plugins, and the built-in python and browser."""
 
+from typing import TYPE_CHECKING, Any
+
 from .base import BuiltinTool, ToolCall, ToolError
 from .function_tool import FunctionTool, function_tool
 
-__all__ = ["BuiltinTool", "FunctionTool", "ToolCall", "ToolError", "function_tool"]
+if TYPE_CHECKING:
+    from .browser import BrowserTool
+    from .python_tool import PythonTool
+
+__all__ = [
+    "BrowserTool",
+    "BuiltinTool",
+    "FunctionTool",
+    "PythonTool",
+    "ToolCall",
+    "ToolError",
+    "function_tool",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The built-in tools pull in jupyter_client and playwright: import them when asked for.
+    if name == "PythonTool":
+        from .python_tool import PythonTool
+
+        return PythonTool
+    if name == "BrowserTool":
+        from .browser import BrowserTool
+
+        return BrowserTool
+    raise AttributeError(f"module 'tools' has no attribute {name!r}")

@@ -1,0 +1,73 @@
+"""How kernel output becomes the text the model reads: no kernel needed."""
+
+from __future__ import annotations
+
+import base64
+
+from tools._jupyter_output import OutputCollector, format_traceback, strip_ansi, truncate
+
+
+def msg(kind: str, **content: object) -> dict[str, object]:
+    return {"header": {"msg_type": kind}, "content": content}
+
+
+def collector(saved: list[tuple[bytes, str]] | None = None) -> OutputCollector:
+    def save(data: bytes, ext: str) -> str:
+        if saved is not None:
+            saved.append((data, ext))
+        return f"/mnt/data/output_1.{ext}"
+
+    return OutputCollector(save)
+
+
+def test_truncate_keeps_head_and_tail_and_says_how_much() -> None:
+    assert truncate("short", 10) == "short"
+    out = truncate("a" * 50 + "b" * 50, 20)
+    assert out == "a" * 10 + "\n[... 80 characters cut ...]\n" + "b" * 10
+
+
+def test_strip_ansi() -> None:
+    assert strip_ansi("\x1b[0;31mZeroDivisionError\x1b[0m: x") == "ZeroDivisionError: x"
+
+
+def test_traceback_drops_rule_colours_and_deep_middle() -> None:
+    frames = [
+        "\x1b[0;31m---------------------------------------------------------------------------",
+        "\x1b[0;31mValueError\x1b[0m    Traceback (most recent call last)",
+        *[f"Cell In[1], line {i}\n----> {i} f{i}()\n" for i in range(10)],
+        "File /usr/lib/python3/site-packages/IPython/core/interactiveshell.py:284, in open()",
+        "\x1b[0;31mValueError\x1b[0m: bad",
+    ]
+    out = format_traceback(frames, "ValueError", "bad")
+    lines = out.splitlines()
+    assert lines[0].startswith("ValueError    Traceback")
+    assert lines[-1] == "ValueError: bad"
+    assert "[... 5 frames omitted ...]" in out
+    assert "IPython" not in out and "\x1b" not in out and "-----" not in out
+    assert "f0()" in out and "f9()" in out and "f5()" not in out
+
+
+def test_traceback_without_frames_falls_back_to_the_error_line() -> None:
+    assert format_traceback([], "KeyError", "'x'") == "KeyError: 'x'"
+
+
+def test_output_order_images_and_progress_bars() -> None:
+    saved: list[tuple[bytes, str]] = []
+    c = collector(saved)
+    c.add(msg("stream", name="stdout", text="10%\r50%\r100%\n"))
+    c.add(msg("display_data", data={"image/png": base64.b64encode(b"png").decode()}))
+    c.add(msg("stream", name="stderr", text="warning"))
+    c.add(msg("execute_result", data={"text/plain": "42"}))
+    assert c.text() == "100%\n[image saved to /mnt/data/output_1.png]\nwarning\n42"
+    assert saved == [(b"png", "png")]
+
+
+def test_clear_output_and_keyboard_interrupt() -> None:
+    c = collector()
+    c.add(msg("stream", name="stdout", text="old"))
+    c.add(msg("clear_output", wait=False))
+    c.add(msg("stream", name="stdout", text="new\n"))
+    c.add(msg("error", ename="KeyboardInterrupt", evalue="", traceback=["KeyboardInterrupt: "]))
+    c.drop_keyboard_interrupt()
+    assert c.text() == "new"
+    assert c.error is None

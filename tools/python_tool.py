@@ -1,0 +1,387 @@
+"""The built-in `python` tool: a stateful Jupyter kernel running in a sandbox.
+
+One kernel per tool, started on the first call and shut down by `aclose()`. What the model sees
+follows harmony's description of the tool: state persists between calls, files in /mnt/data
+persist, calls time out. The sandbox (`sandbox` package) keeps the code away from the network,
+the host's files, processes and environment, and caps its memory, processes, CPU time and file
+sizes; read `sandbox.process` for what it does not protect against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import time
+import warnings
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+from jupyter_client.asynchronous import AsyncKernelClient
+from openai_harmony import ToolNamespaceConfig
+
+from sandbox import KernelProcess, SandboxConfig, SandboxUnavailable, probe, start_kernel
+
+from ._jupyter_output import OutputCollector, truncate
+from .base import BuiltinTool, ToolCall
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.05
+"""How often a waiting call checks that the kernel is still alive."""
+_STATE_LOST = (
+    "all variables, imports and definitions are lost; files in {data} are kept. "
+    "Re-run any setup you still need."
+)
+
+
+class KernelStartError(RuntimeError):
+    """The kernel did not come up (it died, or did not answer in time)."""
+
+
+class KernelSession:
+    """One running kernel and its client: start it, run code, notice its death, kill it.
+
+    Separate from `PythonTool` so benchmarks can drive a sandboxed and an unsandboxed kernel
+    through the same code.
+    """
+
+    def __init__(self, kernel: KernelProcess) -> None:
+        self.kernel = kernel
+        self.client = self._connect()
+        self.loop = asyncio.get_running_loop()
+        """The event loop the client's sockets belong to."""
+        self.oom_kills_at_start = 0
+        self.stale_msg_id: str | None = None
+        """An execution abandoned by a cancelled call; the next call waits for it to end."""
+
+    @classmethod
+    async def start(cls, launch: Callable[[], KernelProcess], timeout: float) -> KernelSession:
+        """Launch a kernel and wait until it answers `kernel_info`; raise `KernelStartError`."""
+        session = cls(launch())
+        try:
+            await session._wait_ready(timeout)
+        except BaseException:
+            session.kill()
+            raise
+        session.oom_kills_at_start = session.kernel.oom_kills()
+        return session
+
+    def _connect(self) -> AsyncKernelClient:
+        client = AsyncKernelClient()
+        # A plain dict with the keys of jupyter_client's KernelConnectionInfo.
+        client.load_connection_info(self.kernel.connection_info)  # type: ignore[arg-type]
+        client.start_channels()
+        return client
+
+    async def reconnect(self, timeout: float) -> None:
+        """Connect anew from the running event loop: the client's asyncio sockets are bound to
+        the loop they were made in, the kernel (and its state) to none."""
+        with contextlib.suppress(Exception):
+            self.client.stop_channels()
+        self.client = self._connect()
+        self.loop = asyncio.get_running_loop()
+        # Output of an execution abandoned on the old loop was published to the old client.
+        self.stale_msg_id = None
+        await self._wait_ready(timeout)
+
+    async def _wait_ready(self, timeout: float) -> None:
+        """Wait for a `kernel_info` reply on shell and for any message on iopub: the reply alone
+        does not prove that our iopub subscription is live, and output published before it would
+        be lost (ZeroMQ's slow joiner)."""
+        deadline = time.monotonic() + timeout
+        self.client.kernel_info()
+        last_ask = time.monotonic()
+        shell_ok = iopub_ok = False
+        while not (shell_ok and iopub_ok):
+            if not self.kernel.alive():
+                tail = self.kernel.stderr_tail().strip().splitlines()
+                why = tail[-1] if tail else f"exit status {self.kernel.exit_status()}"
+                raise KernelStartError(f"the Python kernel exited while starting: {why}")
+            now = time.monotonic()
+            if now > deadline:
+                raise KernelStartError(f"the Python kernel did not answer within {timeout:g} s")
+            if now - last_ask > 0.5:
+                # Requests sent before the kernel bound its sockets may be lost: ask again.
+                self.client.kernel_info()
+                last_ask = now
+            with contextlib.suppress(queue.Empty):
+                reply = await self.client.get_shell_msg(timeout=0 if shell_ok else _POLL_S)
+                shell_ok = shell_ok or reply["msg_type"] == "kernel_info_reply"
+            with contextlib.suppress(queue.Empty):
+                await self.client.get_iopub_msg(timeout=0 if iopub_ok else _POLL_S)
+                iopub_ok = True
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Discard queued messages (startup chatter, replies to abandoned executions)."""
+        for get in (self.client.get_shell_msg, self.client.get_iopub_msg):
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    await get(timeout=0)
+
+    def interrupt(self) -> None:
+        # interrupt_mode "message": a signal would reach bwrap, not the kernel in the sandbox.
+        msg = self.client.session.msg("interrupt_request", content={})
+        self.client.control_channel.send(msg)
+
+    async def wait_idle(self, msg_id: str, collector: OutputCollector | None, until: float) -> str:
+        """Collect `msg_id`'s output until the kernel reports idle for it ("idle"), the kernel
+        dies ("dead") or `until` (monotonic) passes ("timeout")."""
+        while True:
+            if not self.kernel.alive():
+                return "dead"
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return "timeout"
+            try:
+                msg = await self.client.get_iopub_msg(timeout=min(_POLL_S, remaining))
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "status":
+                if msg["content"].get("execution_state") == "idle":
+                    return "idle"
+            elif collector is not None:
+                collector.add(msg)
+
+    def died_of_oom(self) -> bool:
+        return self.kernel.oom_kills() > self.oom_kills_at_start
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.stop_channels()
+        self.kernel.kill()
+
+
+class PythonTool(BuiltinTool):
+    """Runs the model's Python in a stateful, sandboxed Jupyter kernel.
+
+    Args:
+        timeout: seconds one call may run; then it is interrupted (the kernel restarted if the
+            interrupt does not work) and the model is told it timed out.
+        sandbox: limits and identity of the sandbox (`SandboxConfig`); defaults suit data work.
+        data_dir: host directory shown to the code as /mnt/data. By default a temporary
+            directory, removed by `aclose()`; a directory you pass is kept.
+        max_output_chars: longer output keeps its head and tail, with a marker saying how much
+            was cut.
+        startup_timeout: seconds the kernel may take to start.
+        interrupt_grace: seconds a timed-out call has to stop after the interrupt.
+        dangerously_allow_unsandboxed: where the sandbox cannot run, run the model's code as an
+            ordinary local process with all of your user's rights (files, network, processes)
+            instead of refusing. Only for code you would run yourself.
+
+    Raises `SandboxUnavailable` (naming what is missing) when the machine cannot sandbox and
+    `dangerously_allow_unsandboxed` is false. The sandbox does not protect against kernel
+    exploits, disk filling under `data_dir`, or reading what the Python installation holds;
+    `sandbox.process` lists what it does and does not stop.
+    """
+
+    name = "python"
+
+    def __init__(
+        self,
+        timeout: float = 120.0,
+        *,
+        sandbox: SandboxConfig | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        max_output_chars: int = 16_000,
+        startup_timeout: float = 60.0,
+        interrupt_grace: float = 5.0,
+        dangerously_allow_unsandboxed: bool = False,
+    ) -> None:
+        # `timeout` is enforced here, per call; the agent's own `BuiltinTool.timeout` stays None
+        # so that it never cuts a call short before the kernel is interrupted.
+        self.call_timeout = timeout
+        self.sandbox_config = sandbox or SandboxConfig()
+        self.max_output_chars = max_output_chars
+        self.startup_timeout = startup_timeout
+        self.interrupt_grace = interrupt_grace
+        self.unsandboxed = False
+        try:
+            probe(self.sandbox_config)
+        except SandboxUnavailable as e:
+            if not dangerously_allow_unsandboxed:
+                raise SandboxUnavailable(
+                    f"{e}. To run model-written code without isolation anyway, pass "
+                    "PythonTool(dangerously_allow_unsandboxed=True)."
+                ) from None
+            self.unsandboxed = True
+            message = (
+                f"PythonTool is running model-written code UNSANDBOXED, with your user's full "
+                f"rights, because the sandbox is unavailable: {e}"
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            log.warning(message)
+        self._given_data_dir = Path(data_dir) if data_dir is not None else None
+        self._data_dir: Path | None = None
+        self._session: KernelSession | None = None
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._image_numbers = itertools.count(1)
+        self._finalizer: weakref.finalize | None = None
+        self._data_dir_cleanup: weakref.finalize | None = None
+
+    def namespace_config(self) -> ToolNamespaceConfig:
+        return ToolNamespaceConfig.python()
+
+    @property
+    def data_dir(self) -> Path:
+        """The host directory the code sees as /mnt/data (created on first use)."""
+        if self._data_dir is None:
+            if self._given_data_dir is not None:
+                self._given_data_dir.mkdir(parents=True, exist_ok=True)
+                self._data_dir = self._given_data_dir
+            else:
+                self._data_dir = Path(tempfile.mkdtemp(prefix="harmony-data-"))
+                # Removed by aclose(), or when the tool is garbage-collected or Python exits.
+                self._data_dir_cleanup = weakref.finalize(
+                    self, shutil.rmtree, self._data_dir, ignore_errors=True
+                )
+        return self._data_dir
+
+    async def call(self, call: ToolCall) -> str:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # Used from a new event loop (a second `asyncio.run`, another agent): asyncio
+            # objects of the old loop cannot be awaited here.
+            self._loop, self._lock = loop, asyncio.Lock()
+        async with self._lock:
+            before: list[str] = []
+            try:
+                session = await self._ensure_session(before)
+            except KernelStartError as e:
+                return f"The Python tool is unavailable: {e}."
+            output, after = await self._run(session, call.arguments)
+            parts = [p for p in (*before, output, *after) if p]
+            return "\n\n".join(parts) if parts else "[no output]"
+
+    async def aclose(self) -> None:
+        """Kill the kernel and everything it started; remove the default data directory."""
+        # No lock: closing must work from any loop, and killing the kernel ends any call.
+        self._kill_session()
+        if self._data_dir_cleanup is not None:
+            self._data_dir_cleanup()
+            self._data_dir_cleanup = None
+        self._data_dir = None
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _launch(self) -> KernelProcess:
+        return start_kernel(
+            self.data_dir, config=self.sandbox_config, dangerously_unsandboxed=self.unsandboxed
+        )
+
+    async def _ensure_session(self, notes: list[str]) -> KernelSession:
+        session = self._session
+        if session is not None and session.stale_msg_id is not None:
+            # A cancelled call left code running: give it the grace an interrupt gets.
+            outcome = await session.wait_idle(
+                session.stale_msg_id, None, time.monotonic() + self.interrupt_grace
+            )
+            session.stale_msg_id = None
+            if outcome == "dead":
+                notes.append(self._death_note(session))
+                self._kill_session()
+            elif outcome == "timeout":
+                self._kill_session()
+                notes.append(
+                    "[The previous call was cancelled and did not stop, so the kernel was "
+                    f"restarted: {self._state_lost()}]"
+                )
+        if self._session is not None and self._session.loop is not asyncio.get_running_loop():
+            try:
+                await self._session.reconnect(self.startup_timeout)
+            except KernelStartError:
+                notes.append(self._death_note(self._session))
+                self._kill_session()
+        if self._session is None:
+            self._session = await KernelSession.start(self._launch, self.startup_timeout)
+            kernel = self._session.kernel
+            # If the tool is dropped without aclose(), still leave nothing running.
+            self._finalizer = weakref.finalize(self, kernel.kill)
+        return self._session
+
+    def _kill_session(self) -> None:
+        if self._session is not None:
+            self._session.kill()
+            self._session = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+    def _state_lost(self) -> str:
+        inside = "/mnt/data" if not self.unsandboxed else str(self.data_dir)
+        return _STATE_LOST.format(data=inside)
+
+    def _save_image(self, data: bytes, ext: str) -> str:
+        for n in self._image_numbers:
+            name = f"output_{n}.{ext}"
+            path = self.data_dir / name
+            if not path.exists():
+                break
+        path.write_bytes(data)
+        if os.geteuid() == 0 and not self.unsandboxed:
+            # Let the code in the sandbox open, change or delete it like its own files.
+            with contextlib.suppress(OSError):
+                os.chown(path, self.sandbox_config.uid, self.sandbox_config.uid)
+        inside = "/mnt/data" if not self.unsandboxed else str(self.data_dir)
+        return f"{inside}/{name}"
+
+    async def _run(self, session: KernelSession, code: str) -> tuple[str, list[str]]:
+        """The call's output, and notes on what went wrong (timeout, kernel death)."""
+        notes: list[str] = []
+        await session._drain()
+        collector = OutputCollector(self._save_image)
+        msg_id = session.client.execute(code, store_history=True, allow_stdin=False)
+        try:
+            outcome = await session.wait_idle(
+                msg_id, collector, time.monotonic() + self.call_timeout
+            )
+            if outcome == "timeout":
+                session.interrupt()
+                outcome = await session.wait_idle(
+                    msg_id, collector, time.monotonic() + self.interrupt_grace
+                )
+                collector.drop_keyboard_interrupt()
+                if outcome == "idle":
+                    notes.append(
+                        f"[Execution timed out after {self.call_timeout:g} s and was interrupted; "
+                        "the kernel's state from before this call is kept.]"
+                    )
+                else:
+                    self._kill_session()
+                    notes.append(
+                        f"[Execution timed out after {self.call_timeout:g} s and did not stop when "
+                        f"interrupted, so the kernel was restarted: {self._state_lost()}]"
+                    )
+            elif outcome == "dead":
+                notes.append(self._death_note(session))
+                self._kill_session()
+        except asyncio.CancelledError:
+            # The caller gave up (Ctrl-C, a turn limit): stop the code, settle on the next call.
+            with contextlib.suppress(Exception):
+                session.interrupt()
+            session.stale_msg_id = msg_id
+            raise
+        return truncate(collector.text(), self.max_output_chars), notes
+
+    def _death_note(self, session: KernelSession) -> str:
+        status = session.kernel.exit_status()
+        if session.died_of_oom():
+            limit = self.sandbox_config.memory_bytes / (1 << 30)
+            cause = f"ran out of memory (limit {limit:g} GiB)"
+        elif status is not None and status < 0:
+            cause = f"was killed by signal {-status}"
+        elif status is not None and status > 128:
+            cause = f"was killed by signal {status - 128}"
+        else:
+            cause = f"exited (status {status})"
+        return f"[The Python kernel {cause} and was restarted: {self._state_lost()}]"
