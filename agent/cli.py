@@ -33,7 +33,10 @@ class CliError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from sandbox import SandboxUnavailable
+
     errors: list[type[BaseException]] = [
+        SandboxUnavailable,
         CliError,
         PluginError,
         TranscriptError,
@@ -154,6 +157,23 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-plugins", action="store_true", help="do not load tools from installed plugins"
     )
+    parser.add_argument(
+        "--python",
+        action="store_true",
+        help="let the model run Python in a sandboxed Jupyter kernel (needs bubblewrap)",
+    )
+    parser.add_argument(
+        "--dangerously-run-python-unsandboxed",
+        dest="python_unsandboxed",
+        action="store_true",
+        help="with --python, where the sandbox is unavailable, run the model's code as an "
+        "ordinary process with all your rights",
+    )
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="let the model search and browse the public web in Chromium",
+    )
     parser.add_argument("--instructions", help="developer instructions")
     parser.add_argument(
         "--effort",
@@ -195,6 +215,14 @@ def _positive_int(text: str) -> int:
 
 def _tools(args: argparse.Namespace) -> list[Tool]:
     tools: list[Tool] = []
+    if getattr(args, "python", False):
+        from tools import PythonTool
+
+        tools.append(PythonTool(dangerously_allow_unsandboxed=args.python_unsandboxed))
+    if getattr(args, "browser", False):
+        from tools import BrowserTool
+
+        tools.append(BrowserTool())
     if not getattr(args, "no_plugins", False):
         for load in installed_plugins().values():
             tools.extend(load())
