@@ -1,0 +1,451 @@
+"""The system Chromium, driven by Playwright: fetch a URL, let its scripts run, return the DOM.
+
+One browser and one page are launched on first use and reused (a launch costs ~0.5 s, a warm
+open well under that). All traffic goes through `PolicyProxy` and every request is also checked
+in a Playwright route, which refuses non-http(s) schemes and gives a clear reason early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ._browser_policy import NetworkPolicy, Refused
+from ._browser_proxy import REFUSED_HEADER, PolicyProxy
+
+CHROMIUM_ENV = "HARMONY_AGENT_CHROMIUM"
+_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+# These stop Chromium's own background traffic (updates, sync, metrics, autofill, QUIC probes),
+# which on a closed network floods refused connections and, through the proxy, would be work
+# for the policy that no page asked for.
+CHROMIUM_ARGS = (
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--disable-features=AutofillServerCommunication,OptimizationHints,MediaRouter",
+)
+# Chromium refuses to run as root with its sandbox on; other users keep the sandbox, which
+# matters here: the pages are untrusted.
+ROOT_ARGS = ("--no-sandbox",)
+
+LOAD_EVENT_SECONDS = 5.0
+"""After DOMContentLoaded, how long to wait at most for the load event."""
+QUIET_SECONDS = 0.1
+"""How long the network must be idle after the load event before the page counts as done."""
+_HTML_TYPES = ("text/html", "application/xhtml+xml")  # XML feeds are shown as text
+_NET_ERROR = re.compile(r"net::(ERR_[A-Z_]+)")
+_NET_ERROR_WORDS = {
+    "ERR_CONNECTION_REFUSED": "connection refused",
+    "ERR_NAME_NOT_RESOLVED": "host name not found",
+    "ERR_CONNECTION_TIMED_OUT": "connection timed out",
+    "ERR_CONNECTION_RESET": "connection reset",
+    "ERR_CONNECTION_CLOSED": "connection closed without an answer",
+    "ERR_EMPTY_RESPONSE": "empty response",
+    "ERR_ADDRESS_UNREACHABLE": "address unreachable",
+    "ERR_INTERNET_DISCONNECTED": "no internet connection",
+    "ERR_TUNNEL_CONNECTION_FAILED": "could not connect",
+    "ERR_CERT_AUTHORITY_INVALID": "TLS certificate not trusted",
+    "ERR_CERT_COMMON_NAME_INVALID": "TLS certificate does not match the host",
+    "ERR_CERT_DATE_INVALID": "TLS certificate expired or not yet valid",
+    "ERR_TOO_MANY_REDIRECTS": "too many redirects",
+    "ERR_BLOCKED_BY_CLIENT": "blocked",
+}
+
+
+# What a reader does not see, the model should not read: menus, dialogs and templates that
+# stylesheets hide (`display: none`) are removed before the DOM is serialised. Only computed
+# styles know this, so it has to run in the page.
+_PRUNE_HIDDEN = """() => {
+  const hidden = [];
+  const walk = (element) => {
+    for (const child of element.children) {
+      if (getComputedStyle(child).display === "none") hidden.push(child);
+      else walk(child);
+    }
+  };
+  if (document.body) walk(document.body);
+  for (const element of hidden) element.remove();
+  return hidden.length;
+}"""
+
+
+class FetchError(Exception):
+    """Loading failed; the message says what happened, for the model."""
+
+
+class ChromiumNotFound(FetchError):
+    pass
+
+
+@dataclass
+class Fetched:
+    """A loaded document: HTML (the DOM after scripts ran) or raw bytes of another type."""
+
+    url: str
+    """The final URL, after redirects."""
+    status: int
+    content_type: str
+    title: str = ""
+    html: str | None = None
+    source: str | None = None
+    """The HTML as the server sent it (for view-source)."""
+    body: bytes | None = None
+
+
+def find_chromium(explicit: str | None = None) -> str:
+    """The Chromium executable: `explicit`, `$HARMONY_AGENT_CHROMIUM`, else the first on PATH."""
+    for candidate in (explicit, os.environ.get(CHROMIUM_ENV)):
+        if candidate:
+            if os.access(candidate, os.X_OK):
+                return candidate
+            raise ChromiumNotFound(f"Chromium executable `{candidate}` does not exist.")
+    for name in _CANDIDATES:
+        if path := shutil.which(name):
+            return path
+    raise ChromiumNotFound(
+        "The browser is unavailable: no Chromium executable found (install the `chromium` "
+        f"package, or set {CHROMIUM_ENV})."
+    )
+
+
+def describe_error(message: str) -> str:
+    """A short reason from a Playwright error text (`net::ERR_...` names made readable)."""
+    if found := _NET_ERROR.search(message):
+        code = found.group(1)
+        words = _NET_ERROR_WORDS.get(code)
+        return f"{words} ({code})" if words else code
+    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+
+
+class Chromium:
+    """A lazily launched headless Chromium with one reusable page, behind the network policy."""
+
+    def __init__(
+        self,
+        policy: NetworkPolicy,
+        *,
+        executable_path: str | None = None,
+        load_timeout: float = 30.0,
+        idle_wait: float = 1.0,
+        max_page_bytes: int = 20 * 1024 * 1024,
+        extra_args: tuple[str, ...] = (),
+        headless: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.executable_path = executable_path
+        self.load_timeout = load_timeout
+        self.idle_wait = idle_wait
+        self.max_page_bytes = max_page_bytes
+        root = hasattr(os, "geteuid") and os.geteuid() == 0
+        self.sandbox = not root
+        self.args = (() if self.sandbox else ROOT_ARGS) + CHROMIUM_ARGS + tuple(extra_args)
+        self.headless = headless
+        self.refusals: list[str] = []
+        """Every request the policy refused (subresources included), newest last."""
+        self.load_event_wait = LOAD_EVENT_SECONDS
+        self._lock = asyncio.Lock()
+        self._start_lock = asyncio.Lock()
+        self._playwright: Any = None
+        self._browser: Any = None
+        self._context: Any = None
+        self._page: Any = None
+        self._proxy: PolicyProxy | None = None
+        self._in_flight: set[Any] = set()
+        self._nav_refusals: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._browser is not None
+
+    def _adopt_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:
+            # Playwright's objects belong to the loop that made them; a tool reused from
+            # another loop (a second asyncio.run) starts afresh. The old loop's driver process
+            # ended with that loop, taking its Chromium along.
+            self._playwright = self._browser = self._context = self._page = None
+            if self._proxy is not None:
+                self.refusals.extend(self._proxy.refusals)
+            self._proxy = None
+            self._lock = asyncio.Lock()
+            self._start_lock = asyncio.Lock()
+        self._loop = loop
+
+    async def start(self) -> None:
+        """Launch Chromium (once; later calls return at once)."""
+        self._adopt_loop()
+        async with self._start_lock:  # two first calls at once must not launch two browsers
+            if self._browser is None:
+                await self._launch()
+            if self._context is None:
+                await self._new_context()
+
+    async def _launch(self) -> None:
+        try:
+            from playwright.async_api import async_playwright
+        except ImportError as e:
+            raise FetchError("The browser is unavailable: `playwright` is not installed.") from e
+        executable = find_chromium(self.executable_path)
+        if not self.policy.allow_all:
+            self._proxy = PolicyProxy(self.policy, max_response_bytes=self.max_page_bytes)
+            await self._proxy.start()
+        self._playwright = await async_playwright().start()
+        try:
+            self._browser = await self._playwright.chromium.launch(
+                executable_path=executable,
+                args=list(self.args),
+                headless=self.headless,
+                chromium_sandbox=self.sandbox,  # Playwright turns it off unless asked
+            )
+        except Exception as e:
+            await self.close()
+            raise FetchError(f"The browser is unavailable: could not start Chromium: {e}") from e
+
+    async def _new_context(self) -> None:
+        # No bypass list: Playwright then proxies loopback too (Chromium skips it by default).
+        proxy = {"server": self._proxy.url} if self._proxy is not None else None
+        context = await self._browser.new_context(
+            proxy=proxy,
+            service_workers="block",  # their fetches would bypass the route
+            accept_downloads=False,
+        )
+        await context.route("**/*", self._route)
+        self._context = context
+
+    async def close(self) -> None:
+        for closer in (self._context, self._browser):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer.close()
+        if self._playwright is not None:
+            with contextlib.suppress(Exception):
+                await self._playwright.stop()
+        if self._proxy is not None:
+            await self._proxy.close()
+        self._playwright = self._browser = self._context = self._page = self._proxy = None
+
+    # -- policy --------------------------------------------------------------------------
+
+    async def _route(self, route: Any) -> None:
+        request = route.request
+        url: str = request.url
+        scheme = url.partition(":")[0].lower()
+        try:
+            if scheme in ("http", "https"):
+                if not self.policy.allow_all:
+                    await self.policy.check_url(url)
+            elif scheme not in ("data", "blob") or request.is_navigation_request():
+                # file:, chrome:, ... never; data: and blob: only as subresources.
+                raise Refused(
+                    f"Refused to open `{url[:200]}`: the browser only opens http:// and "
+                    "https:// URLs."
+                )
+        except Exception as e:  # Refused, or a failed check: either way, fail closed
+            message = str(e) if isinstance(e, Refused) else f"`{url[:200]}`: {e!r}"
+            self.refusals.append(message)
+            if _is_main_navigation(request):
+                self._nav_refusals.append(message)
+            with contextlib.suppress(Exception):  # the page may be gone already
+                await route.abort("blockedbyclient")
+            return
+        with contextlib.suppress(Exception):
+            await route.continue_()
+
+    def _all_refusals(self) -> list[str]:
+        return self.refusals + (self._proxy.refusals if self._proxy else [])
+
+    # -- fetching ------------------------------------------------------------------------
+
+    async def fetch(self, url: str) -> Fetched:
+        """Load `url`, run its scripts, and return the result; raises `FetchError`."""
+        await self.policy.check_url(url)  # fast, clear refusal before any browser work
+        self._adopt_loop()
+        async with self._lock:  # one page, so one load at a time
+            await self.start()
+            if self._page is None or self._page.is_closed():
+                self._page = await self._context.new_page()
+                self._page.on("request", self._request_started)
+                self._page.on("requestfinished", self._request_ended)
+                self._page.on("requestfailed", self._request_ended)
+            self._in_flight.clear()  # what the previous document left unfinished is gone
+            marks = (len(self._nav_refusals), len(self._proxy.refusals) if self._proxy else 0)
+            try:
+                # Past DOMContentLoaded the page's own scripts can still block the renderer
+                # (`while (true) {}` in an onload handler) and with it every call we make: one
+                # deadline covers the whole load.
+                return await asyncio.wait_for(
+                    self._load(self._page, url, marks), self.load_timeout + self.load_event_wait
+                )
+            except TimeoutError as e:
+                await self._discard_page()
+                raise FetchError(
+                    f"Error fetching URL `{url}`: timed out after {self.load_timeout:g} s."
+                ) from e
+            except FetchError:
+                raise
+            except Exception as e:  # Playwright's own errors: tell the model, keep the tool alive
+                raise FetchError(f"Error fetching URL `{url}`: {describe_error(str(e))}") from e
+
+    def _refusal_behind(self, error: str, marks: tuple[int, int]) -> str | None:
+        """The refusal that made this load fail, if one did. Only refusals of this load count:
+        the page being left (or Chromium's PDF viewer) may still be making requests."""
+        if self._nav_refusals[marks[0] :]:
+            return self._nav_refusals[marks[0]]
+        proxy_refusals = self._proxy.refusals[marks[1] :] if self._proxy else []
+        if proxy_refusals and "ERR_TUNNEL_CONNECTION_FAILED" in error:
+            return proxy_refusals[-1]  # an https redirect hop the proxy would not connect
+        if proxy_refusals and error.startswith(REFUSED_HEADER):
+            shown = error.partition(": ")[2]
+            for refusal in proxy_refusals:
+                if refusal.encode("ascii", "replace").decode() == shown:
+                    return refusal
+        return None
+
+    async def _load(self, page: Any, url: str, marks: tuple[int, int]) -> Fetched:
+        from playwright.async_api import Error as PlaywrightError
+        from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+        deadline = time.monotonic() + self.load_timeout
+        try:
+            response = await page.goto(
+                url, wait_until="domcontentloaded", timeout=self.load_timeout * 1000
+            )
+        except PlaywrightTimeout as e:
+            await self._discard_page()  # a stuck renderer must not hang the next call
+            raise FetchError(
+                f"Error fetching URL `{url}`: timed out after {self.load_timeout:g} s."
+            ) from e
+        except PlaywrightError as e:
+            if "Download is starting" in str(e):  # served as an attachment: fetch it directly
+                return await self._download(url)
+            if refusal := self._refusal_behind(str(e), marks):
+                raise FetchError(refusal) from e
+            raise FetchError(f"Error fetching URL `{url}`: {describe_error(str(e))}") from e
+        if response is None:  # same-document navigation (only the fragment changed)
+            return Fetched(page.url, 200, "text/html", await page.title(), await page.content())
+        if (refused := response.headers.get(REFUSED_HEADER.lower())) is not None:
+            # An http redirect hop the proxy refused: its 403 answer arrived as the document.
+            raise FetchError(self._refusal_behind(f"{REFUSED_HEADER}: {refused}", marks) or refused)
+        if response.status >= 400:
+            reason = f" {response.status_text}" if response.status_text else ""
+            raise FetchError(
+                f"Error fetching URL `{url}`: the server answered HTTP {response.status}{reason}."
+            )
+        final_url = page.url
+        if not final_url.lower().startswith(("http://", "https://")):
+            raise FetchError(f"Refused to show `{final_url[:200]}`: not an http(s) page.")
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type and not content_type.startswith(_HTML_TYPES):
+            if content_type == "application/pdf":
+                # Chromium's viewer hides the bytes; fetch them, and leave the viewer (it goes on
+                # loading its own resources otherwise).
+                with contextlib.suppress(PlaywrightError):
+                    await page.goto("about:blank")
+                return await self._download(final_url)
+            body = await response.body()
+            return Fetched(final_url, response.status, content_type, body=self._limit(body, url))
+        # Scripts get until the load event (but one slow image must not cost the whole
+        # timeout: the text is there already), then a short quiet spell for late fetches.
+        with contextlib.suppress(PlaywrightTimeout):
+            remaining = min(max(deadline - time.monotonic(), 0.1), self.load_event_wait)
+            await page.wait_for_load_state("load", timeout=remaining * 1000)
+        await self._settle(min(self.idle_wait, max(deadline - time.monotonic(), 0)))
+        with contextlib.suppress(PlaywrightError):  # e.g. a script navigated away meanwhile
+            await page.evaluate(_PRUNE_HIDDEN)
+        html = await page.content()
+        if len(html) > self.max_page_bytes:
+            raise FetchError(
+                f"Error fetching URL `{url}`: the page is too large "
+                f"({len(html)} characters, limit {self.max_page_bytes})."
+            )
+        try:
+            source = (await response.body()).decode("utf-8", "replace")
+        except PlaywrightError:
+            source = None  # the body is gone once the page navigated on (a script redirect)
+        return Fetched(
+            final_url,
+            response.status,
+            content_type or "text/html",
+            await page.title(),
+            html,
+            source,
+        )
+
+    def _request_started(self, request: Any) -> None:
+        self._in_flight.add(request)
+
+    def _request_ended(self, request: Any) -> None:
+        self._in_flight.discard(request)
+
+    async def _settle(self, limit: float) -> None:
+        """Wait (at most `limit` s) until no request has been in flight for a short while.
+
+        Playwright's "networkidle" needs 500 ms of silence, a floor on every page; most pages
+        that fill themselves in with `fetch` are done within a few quiet frames of the load.
+        """
+        end = time.monotonic() + limit
+        quiet_since: float | None = None
+        while (now := time.monotonic()) < end:
+            if self._in_flight:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= QUIET_SECONDS:
+                return
+            await asyncio.sleep(0.02)
+
+    async def _download(self, url: str) -> Fetched:
+        # The context's request client goes through the same proxy, so the policy still holds.
+        response = await self._context.request.get(url, timeout=self.load_timeout * 1000)
+        if refused := response.headers.get(REFUSED_HEADER.lower()):
+            latest = self._proxy.refusals[-1] if self._proxy and self._proxy.refusals else None
+            raise FetchError(latest or refused)
+        if response.status >= 400:
+            raise FetchError(
+                f"Error fetching URL `{url}`: the server answered HTTP {response.status}."
+            )
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = self._limit(await response.body(), url)
+        return Fetched(response.url, response.status, content_type, body=body)
+
+    def _limit(self, body: bytes, url: str) -> bytes:
+        if len(body) > self.max_page_bytes:
+            raise FetchError(
+                f"Error fetching URL `{url}`: the document is too large ({len(body)} bytes, "
+                f"limit {self.max_page_bytes})."
+            )
+        return body
+
+    async def _discard_page(self) -> None:
+        """Drop the page after a timeout. A renderer stuck in a script may not even close, so
+        the whole context goes (its processes are killed) when closing the page fails."""
+        page, self._page = self._page, None
+        if page is None:
+            return
+        try:
+            await asyncio.wait_for(page.close(), 3)
+            return
+        except Exception:  # TimeoutError or Playwright's: either way the context must go
+            pass
+        context, self._context = self._context, None  # the next fetch makes a new one
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(context.close(), 5)
+
+
+def _is_main_navigation(request: Any) -> bool:
+    try:
+        return bool(request.is_navigation_request()) and request.frame.parent_frame is None
+    except Exception:  # service-worker requests have no frame
+        return False
