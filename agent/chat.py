@@ -43,10 +43,13 @@ class Chat:
         show_reasoning: bool = True,
         transcript: str | None = None,
         read_line: Callable[[str], str] | None = None,
+        resolve_citations: Callable[[str], str] | None = None,
     ) -> None:
         self.agent = agent
         self.console = console or Console(highlight=False)
-        self.view = EventView(self.console, show_reasoning=show_reasoning)
+        self.view = EventView(
+            self.console, show_reasoning=show_reasoning, resolve_citations=resolve_citations
+        )
         self.transcript = transcript
         self.history: list[Message] = load_transcript(transcript) if _exists(transcript) else []
         self.read_line = read_line or _readline_input()

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,11 +297,11 @@ def _run(args: argparse.Namespace) -> int:
         for event in agent.stream(args.task, history=history, transcript=transcript):
             if not (args.quiet or args.json):
                 view(event)
-    result = event.result  # type: ignore[union-attr]  # the last event is RunDone
-    if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
-    elif result.final is not None:
-        print(result.final)
+        result = event.result  # type: ignore[union-attr]  # the last event is RunDone
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False))
+        elif result.final is not None:
+            print(_citation_resolver(agent)(result.final))
     return EXIT_OK if result.status == "completed" else EXIT_UNFINISHED
 
 
@@ -309,8 +309,21 @@ def _chat(args: argparse.Namespace) -> int:
     from .chat import Chat
 
     with _agent(args) as agent:
-        Chat(agent, show_reasoning=args.reasoning, transcript=args.transcript).loop()
+        Chat(
+            agent,
+            show_reasoning=args.reasoning,
+            transcript=args.transcript,
+            resolve_citations=_citation_resolver(agent),
+        ).loop()
     return EXIT_OK
+
+
+def _citation_resolver(agent: Agent) -> Callable[[str], str]:
+    """Turns the browser's `【cursor†Lstart-Lend】` citations into links to the pages cited."""
+    browsers = [t for t in agent.tools if t.name == "browser" and hasattr(t, "cite")]
+    if not browsers:
+        return lambda text: text
+    return lambda text: browsers[0].cite(text).text
 
 
 def _list_tools(args: argparse.Namespace) -> int:
