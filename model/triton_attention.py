@@ -1,0 +1,375 @@
+"""Causal GQA attention with per-head sinks and an optional sliding window, in Triton.
+
+Shapes: T = queries, S = keys, nh / nkv = query / key-value heads, rep = nh / nkv, hd = head dim.
+q (T, nh, hd) at positions q_start.., k / v (nkv, S, hd) at positions k_start.. (a KV-cache
+slice), sinks (nh,) fp32 logits, window None (fully causal) or W: query i sees key j when
+0 <= i - j < W. Output (T, nh hd).
+
+The sink is one more softmax column with no value: the kernels start the running maximum at
+the sink's logit and the running denominator at exp(0) = 1, so it takes its share of the
+probability mass without any extra pass. Softmax runs in base 2 (exp2 is the fast instruction):
+scores and sinks are multiplied by log2(e).
+
+- prefill: flash-style; one program per (query tile, head), looping over only the key tiles
+  the causal mask and the window let it see.
+- decode: the rep query heads sharing a key-value head (times T queries) form one row tile, so
+  each key is read once per kv head; the keys are split over programs (flash-decoding) and a
+  small kernel merges the splits and the sink.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import KernelSpec, cdiv, next_pow2, ptr_type
+
+LOG2E = 1.4426950408889634
+PREFILL = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
+DECODE = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+DECODE_MAX_ROWS = 16  # decode kernel when T * rep rows fit one 16-row tile (tl.dot minimum)
+MAX_SPLITS = 32  # flash-decoding: at most this many programs per kv head
+
+
+# --- reference -------------------------------------------------------------------------------
+
+
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    q_start: int,
+    k_start: int,
+    window: int | None,
+) -> torch.Tensor:
+    """Plain PyTorch in fp32, the sink as an extra softmax column: -> (T, nh hd), q's dtype."""
+    t, nh, hd = q.shape
+    nkv, s, _ = k.shape
+    rep = nh // nkv
+    kf = k.float().repeat_interleave(rep, dim=0)  # (nh, S, hd)
+    vf = v.float().repeat_interleave(rep, dim=0)
+    scores = torch.einsum("thd,hsd->hts", q.float(), kf) / math.sqrt(hd)  # (nh, T, S)
+    qpos = torch.arange(q_start, q_start + t, device=q.device)[:, None]
+    kpos = torch.arange(k_start, k_start + s, device=q.device)[None, :]
+    allowed = kpos <= qpos
+    if window is not None:
+        allowed &= qpos - kpos < window
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    sink = sinks.float()[:, None, None].expand(nh, t, 1)
+    probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    out = torch.einsum("hts,hsd->thd", probs, vf)  # (T, nh, hd)
+    return out.reshape(t, nh * hd).to(q.dtype)
+
+
+# --- kernels ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, T, S, q_start, k_start, window, qk_scale, stride_qt,
+    stride_qh, stride_kh, stride_ks, stride_vh, stride_vs, stride_ot, REP: tl.constexpr,
+    HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """grid (query tiles, nh)."""
+    pid_m = tl.program_id(0)
+    head = tl.program_id(1)
+    kvh = head // REP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_m = offs_m < T
+    q = tl.load(
+        q_ptr + offs_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+        mask=mask_m[:, None],
+        other=0.0,
+    )  # (BM, hd)
+    qpos = q_start + offs_m
+    # Keys this tile can see: up to its last query's position, and from the window's start.
+    hi = tl.minimum(S, q_start + pid_m * BLOCK_M + BLOCK_M - k_start)
+    lo = 0
+    if SLIDING:
+        lo = tl.maximum(0, q_start + pid_m * BLOCK_M - window + 1 - k_start)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    sink = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + sink
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32) + 1.0
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    k_base = k_ptr + kvh * stride_kh
+    v_base = v_ptr + kvh * stride_vh
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < S
+        kt = tl.load(
+            k_base + offs_n[None, :] * stride_ks + offs_d[:, None], mask=mask_n[None, :], other=0.0
+        )  # (hd, BN)
+        s = tl.dot(q, kt, input_precision="ieee") * qk_scale  # (BM, BN), base-2 logits
+        kpos = k_start + offs_n
+        allowed = (kpos[None, :] <= qpos[:, None]) & mask_n[None, :]
+        if SLIDING:
+            allowed &= (qpos[:, None] - kpos[None, :]) < window
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: starts at the sink
+        corr = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * corr + tl.sum(p, axis=1)
+        v = tl.load(
+            v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=mask_n[:, None], other=0.0
+        )  # (BN, hd)
+        acc = tl.dot(p.to(v.dtype), v, acc * corr[:, None], input_precision="ieee")
+        m_i = m_new
+    out = acc / l_i[:, None]
+    o = o_ptr + offs_m[:, None] * stride_ot + head * HEAD_DIM + offs_d[None, :]
+    tl.store(o, out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
+
+
+@triton.jit
+def _decode_kernel(
+    q_ptr, k_ptr, v_ptr, m_ptr, l_ptr, acc_ptr, T, S, q_start, k_start, window, qk_scale,
+    split_len, stride_qt, stride_qh, stride_kh, stride_ks, stride_vh, stride_vs, REP: tl.constexpr,
+    HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One split of the keys for one kv head -> partial (max, denominator, numerator) per row.
+
+    grid (nkv, splits). Row r is query r // REP of head kvh REP + r % REP. Partials are fp32:
+    m / l (splits, nkv, BLOCK_R), acc (splits, nkv, BLOCK_R, hd); no sink here.
+    """
+    kvh = tl.program_id(0)
+    split = tl.program_id(1)
+    n_kv = tl.num_programs(0)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, HEAD_DIM)
+    tq = offs_r // REP
+    head = kvh * REP + offs_r % REP
+    mask_r = tq < T
+    q = tl.load(
+        q_ptr + tq[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+        mask=mask_r[:, None],
+        other=0.0,
+    )  # (BR, hd)
+    qpos = q_start + tq
+    hi = tl.minimum(S, q_start + T - k_start)
+    lo = 0
+    if SLIDING:
+        lo = tl.maximum(0, q_start - window + 1 - k_start)
+    first = lo + split * split_len
+    last = tl.minimum(hi, first + split_len)
+    # A large finite start keeps exp2(m_old - m_new) defined when a split sees no key.
+    m_i = tl.zeros([BLOCK_R], dtype=tl.float32) - 1.0e30
+    l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, HEAD_DIM], dtype=tl.float32)
+    k_base = k_ptr + kvh * stride_kh
+    v_base = v_ptr + kvh * stride_vh
+    for start_n in range(first, last, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < last
+        kt = tl.load(
+            k_base + offs_n[None, :] * stride_ks + offs_d[:, None], mask=mask_n[None, :], other=0.0
+        )  # (hd, BN)
+        s = tl.dot(q, kt, input_precision="ieee") * qk_scale  # (BR, BN)
+        kpos = k_start + offs_n
+        allowed = (kpos[None, :] <= qpos[:, None]) & mask_n[None, :]
+        if SLIDING:
+            allowed &= (qpos[:, None] - kpos[None, :]) < window
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        corr = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * corr + tl.sum(p, axis=1)
+        v = tl.load(
+            v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=mask_n[:, None], other=0.0
+        )  # (BN, hd)
+        acc = tl.dot(p.to(v.dtype), v, acc * corr[:, None], input_precision="ieee")
+        m_i = m_new
+    row = (split * n_kv + kvh) * BLOCK_R + offs_r
+    tl.store(m_ptr + row, m_i)
+    tl.store(l_ptr + row, l_i)
+    tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc)
+
+
+@triton.jit
+def _decode_combine_kernel(
+    m_ptr, l_ptr, acc_ptr, sinks_ptr, o_ptr, T, n_splits, stride_ot, REP: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """Merge the splits of one kv head with the sink: grid (nkv,)."""
+    kvh = tl.program_id(0)
+    n_kv = tl.num_programs(0)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, HEAD_DIM)
+    tq = offs_r // REP
+    head = kvh * REP + offs_r % REP
+    mask_r = tq < T
+    m = tl.load(sinks_ptr + head, mask=mask_r, other=0.0).to(tl.float32) * 1.4426950408889634
+    l_tot = tl.zeros([BLOCK_R], dtype=tl.float32) + 1.0  # the sink's exp2(0)
+    acc = tl.zeros([BLOCK_R, HEAD_DIM], dtype=tl.float32)
+    for split in range(0, n_splits):
+        row = (split * n_kv + kvh) * BLOCK_R + offs_r
+        m_s = tl.load(m_ptr + row)
+        m_new = tl.maximum(m, m_s)
+        corr, w = tl.exp2(m - m_new), tl.exp2(m_s - m_new)
+        l_tot = l_tot * corr + tl.load(l_ptr + row) * w
+        acc_s = tl.load(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :])
+        acc = acc * corr[:, None] + acc_s * w[:, None]
+        m = m_new
+    out = acc / l_tot[:, None]
+    o = o_ptr + tq[:, None] * stride_ot + head[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(o, out.to(o_ptr.dtype.element_ty), mask=mask_r[:, None])
+
+
+# --- host ------------------------------------------------------------------------------------
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    q_start: int,
+    k_start: int,
+    window: int | None,
+    *,
+    path: str | None = None,
+    splits: int | None = None,
+) -> torch.Tensor:
+    """Same contract as `attention_reference`; path "prefill" or "decode" (None: by size).
+
+    splits: key splits per kv head on the decode path (None: enough to fill the GPU).
+    """
+    t, nh, hd = q.shape
+    nkv, s, _ = k.shape
+    if nh % nkv or hd != next_pow2(hd) or hd < 16:
+        raise ValueError(f"need nh ({nh}) a multiple of nkv ({nkv}), hd ({hd}) a power of 2 >= 16")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension")
+    rep = nh // nkv
+    sliding = window is not None
+    qk_scale = LOG2E / math.sqrt(hd)
+    sinks = sinks.contiguous()
+    out = torch.empty(t, nh * hd, device=q.device, dtype=q.dtype)
+    if path is None:
+        path = "decode" if t * rep <= DECODE_MAX_ROWS else "prefill"
+    if path == "prefill":
+        cfg = PREFILL
+        _prefill_kernel[(cdiv(t, cfg["BLOCK_M"]), nh)](
+            q, k, v, sinks, out, t, s, q_start, k_start, window or 0, qk_scale, q.stride(0),
+            q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
+            REP=rep, HEAD_DIM=hd, SLIDING=sliding, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+        return out
+    if path != "decode":
+        raise ValueError(f"unknown attention path {path!r} (prefill or decode)")
+    cfg = DECODE
+    block_r = decode_rows(t, rep)
+    lo = max(0, q_start - window + 1 - k_start) if window is not None else 0
+    span = max(1, min(s, q_start + t - k_start) - lo)  # keys any query of this step sees
+    if splits is None:
+        splits = min(MAX_SPLITS, cdiv(span, 4 * cfg["BLOCK_N"]))
+    split_len = cdiv(cdiv(span, splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
+    splits = cdiv(span, split_len)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    m = torch.empty(splits, nkv, block_r, **f32)
+    l_sum = torch.empty(splits, nkv, block_r, **f32)
+    acc = torch.empty(splits, nkv, block_r, hd, **f32)
+    _decode_kernel[(nkv, splits)](
+        q, k, v, m, l_sum, acc, t, s, q_start, k_start, window or 0, qk_scale, split_len,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), REP=rep,
+        HEAD_DIM=hd, SLIDING=sliding, BLOCK_R=block_r, BLOCK_N=cfg["BLOCK_N"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    _decode_combine_kernel[(nkv,)](
+        m, l_sum, acc, sinks, out, t, splits, out.stride(0), REP=rep, HEAD_DIM=hd, BLOCK_R=block_r,
+    )  # fmt: skip
+    return out
+
+
+def decode_rows(t: int, rep: int) -> int:
+    """Row tile of the decode kernel: T * rep rows, padded to a power of 2 >= 16 (tl.dot)."""
+    return max(16, next_pow2(t * rep))
+
+
+# --- ahead-of-time compilation ---------------------------------------------------------------
+
+
+def aot_specs(
+    dtype: torch.dtype = torch.bfloat16, rep: int = 8, head_dim: int = 64
+) -> list[KernelSpec]:
+    """Every configuration `attention` can launch for the real model's heads (64 q / 8 kv)."""
+    act = ptr_type(dtype)
+    strides = ["stride_qt", "stride_qh", "stride_kh", "stride_ks", "stride_vh", "stride_vs"]
+    specs = []
+    for sliding in (True, False):
+        sig = {"q_ptr": act, "k_ptr": act, "v_ptr": act, "sinks_ptr": "*fp32", "o_ptr": act}
+        sig |= dict.fromkeys(["T", "S", "q_start", "k_start", "window"], "i32")
+        sig |= {"qk_scale": "fp32"} | dict.fromkeys([*strides, "stride_ot"], "i32")
+        const = {
+            "REP": rep,
+            "HEAD_DIM": head_dim,
+            "SLIDING": sliding,
+            "BLOCK_M": PREFILL["BLOCK_M"],
+            "BLOCK_N": PREFILL["BLOCK_N"],
+        }
+        specs.append(
+            KernelSpec(
+                "attn_prefill",
+                _prefill_kernel,
+                sig | dict.fromkeys(const, "constexpr"),
+                const,
+                num_warps=PREFILL["num_warps"],
+                num_stages=PREFILL["num_stages"],
+            )
+        )
+        # Decode row tiles for T = 1 .. DECODE_MAX_ROWS / rep queries.
+        for block_r in sorted({decode_rows(t, rep) for t in range(1, DECODE_MAX_ROWS // rep + 1)}):
+            sig = {
+                "q_ptr": act,
+                "k_ptr": act,
+                "v_ptr": act,
+                "m_ptr": "*fp32",
+                "l_ptr": "*fp32",
+                "acc_ptr": "*fp32",
+            }
+            sig |= dict.fromkeys(["T", "S", "q_start", "k_start", "window"], "i32")
+            sig |= {"qk_scale": "fp32", "split_len": "i32"} | dict.fromkeys(strides, "i32")
+            const = {
+                "REP": rep,
+                "HEAD_DIM": head_dim,
+                "SLIDING": sliding,
+                "BLOCK_R": block_r,
+                "BLOCK_N": DECODE["BLOCK_N"],
+            }
+            specs.append(
+                KernelSpec(
+                    "attn_decode",
+                    _decode_kernel,
+                    sig | dict.fromkeys(const, "constexpr"),
+                    const,
+                    num_warps=DECODE["num_warps"],
+                    num_stages=DECODE["num_stages"],
+                )
+            )
+    for block_r in sorted({decode_rows(t, rep) for t in range(1, DECODE_MAX_ROWS // rep + 1)}):
+        sig = {
+            "m_ptr": "*fp32",
+            "l_ptr": "*fp32",
+            "acc_ptr": "*fp32",
+            "sinks_ptr": "*fp32",
+            "o_ptr": act,
+            "T": "i32",
+            "n_splits": "i32",
+            "stride_ot": "i32",
+        }
+        const = {"REP": rep, "HEAD_DIM": head_dim, "BLOCK_R": block_r}
+        specs.append(
+            KernelSpec(
+                "attn_decode_combine",
+                _decode_combine_kernel,
+                sig | dict.fromkeys(const, "constexpr"),
+                const,
+            )
+        )
+    return specs

@@ -1,0 +1,95 @@
+"""The Triton backend: model surgery on the PyTorch gpt-oss.
+
+`use_triton(transformer)` swaps, in place, every RMSNorm, attention block and MXFP4 mixture of
+experts for a module that shares the same parameters and runs the Triton kernels; the rest
+(embedding, the qkv / out / router / unembedding Linears) stays in PyTorch, where cuBLAS is as
+good as it gets. Experts loaded dense keep the PyTorch MoE (its norm still becomes Triton's).
+The swapped model keeps the forward signatures, so the engine and its KV cache are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .gpt_oss import AttentionBlock, MLPBlock, MXFP4Experts, RMSNorm, Transformer
+from .triton_attention import attention
+from .triton_moe import moe
+from .triton_norm import rms_norm
+from .triton_rope import rope_
+
+
+class TritonRMSNorm(nn.Module):
+    def __init__(self, norm: RMSNorm) -> None:
+        super().__init__()
+        self.eps = norm.eps
+        self.scale = norm.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.scale, self.eps)
+
+
+class TritonAttentionBlock(nn.Module):
+    """AttentionBlock with RoPE and attention in Triton; the same parameters and cache use."""
+
+    def __init__(self, block: AttentionBlock) -> None:
+        super().__init__()
+        self.nh, self.nkv, self.hd, self.window = block.nh, block.nkv, block.hd, block.window
+        self.norm = TritonRMSNorm(block.norm) if isinstance(block.norm, RMSNorm) else block.norm
+        self.qkv, self.sinks, self.out = block.qkv, block.sinks, block.out
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        start: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        t, nh, nkv, hd = x.shape[0], self.nh, self.nkv, self.hd
+        qkv = self.qkv(self.norm(x))  # (T, (nh + 2 nkv) hd)
+        rope_(qkv[:, : (nh + nkv) * hd].view(t, nh + nkv, hd), cos, sin)  # q and k, in place
+        q = qkv[:, : nh * hd].view(t, nh, hd)
+        k = qkv[:, nh * hd : (nh + nkv) * hd].view(t, nkv, hd).transpose(0, 1)  # (nkv, T, hd)
+        v = qkv[:, (nh + nkv) * hd :].view(t, nkv, hd).transpose(0, 1)
+        first = start  # position of the first key in k / v
+        if kv is not None:
+            end = start + t
+            kv[0][:, start:end] = k
+            kv[1][:, start:end] = v
+            first = 0 if self.window is None else max(0, start - self.window + 1)
+            k, v = kv[0][:, first:end], kv[1][:, first:end]  # (nkv, S, hd)
+        return self.out(attention(q, k, v, self.sinks, start, first, self.window))
+
+
+class TritonMLPBlock(nn.Module):
+    """MLPBlock whose MXFP4 experts run in the fused Triton kernels; routing stays in PyTorch."""
+
+    def __init__(self, block: MLPBlock) -> None:
+        super().__init__()
+        assert isinstance(block.experts, MXFP4Experts)
+        block.norm = TritonRMSNorm(block.norm)
+        self.block = block  # its norm, routing (gate, top-k) and expert tensors
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.block.norm(x)  # (T, H)
+        ids, weights = self.block.route(t)  # (T, A) each
+        ex = self.block.experts
+        return moe(
+            t, ids, weights,
+            ex.mlp1_blocks, ex.mlp1_scales, ex.mlp1_bias,
+            ex.mlp2_blocks, ex.mlp2_scales, ex.mlp2_bias,
+            limit=self.block.limit, alpha=self.block.alpha,
+        )  # fmt: skip
+
+
+def use_triton(model: Transformer) -> Transformer:
+    """Swap the Triton modules into `model`, in place; returns it."""
+    model.norm = TritonRMSNorm(model.norm)
+    for block in model.block:
+        block.attn = TritonAttentionBlock(block.attn)
+        if isinstance(block.mlp.experts, MXFP4Experts):
+            block.mlp = TritonMLPBlock(block.mlp)
+        else:
+            block.mlp.norm = TritonRMSNorm(block.mlp.norm)
+    return model

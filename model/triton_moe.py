@@ -1,0 +1,524 @@
+"""Mixture of experts with MXFP4 experts dequantised inside Triton kernels, and its reference.
+
+Shapes: T = tokens, H = hidden size, E = experts, A = active experts per token, I = expert
+intermediate size, P = T * A (token, expert) pairs. Expert weights stay packed as stored:
+mlp1 blocks [E, 2I, H/32, 16] / scales [E, 2I, H/32] (glu and linear rows interleaved),
+mlp2 blocks [E, H, I/32, 16] / scales [E, H, I/32]; blocks run along the input dimension.
+
+Two paths, both computing mlp1 + clamped SwiGLU in one kernel and mlp2 in a second:
+- decode (a few tokens): one program per (pair, output tile), matrix-vector products; mlp2
+  loops over a token's A experts and applies the router weights and the sum in registers.
+- grouped (prefill): pairs sorted by expert, cut into tiles of BLOCK_M rows of one expert, and
+  multiplied with tl.dot; the A partial outputs of a token are summed afterwards.
+
+A packed byte holds an even element (low nibble) and the odd one after it (high nibble), so the
+kernels split the input vector into its even and odd elements instead of interleaving nibbles:
+x . w = x_even . w_low + x_odd . w_high.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import triton
+import triton.language as tl
+
+from .mxfp4 import dequantize
+from .triton_common import KernelSpec, cdiv, ptr_type
+
+Path = Literal["decode", "grouped"]
+
+# Block configurations the host code chooses from; all are compiled ahead of time in the tests
+# (model.triton_aot), and were picked among variants for no register spills on sm_80 or sm_90.
+DECODE_MLP1 = {"BLOCK_I": 32, "BLOCK_K": 64, "num_warps": 4}
+DECODE_MLP2 = {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 4}
+# Grouped tiles by BLOCK_M; picked among compiled variants for no register spills on sm_80 and
+# sm_90 (the fp32 dequantised weight tiles are what fill the registers).
+GROUPED_BLOCK_M = (16, 64)
+GROUPED_MLP1 = {
+    16: {"BLOCK_I": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+    64: {"BLOCK_I": 32, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+}
+GROUPED_MLP2 = {
+    16: {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+    64: {"BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+}
+DECODE_MAX_TOKENS = 4  # beyond this the grouped path reads each expert's weights once
+
+
+# --- reference -------------------------------------------------------------------------------
+
+
+def moe_reference(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    w1_blocks: torch.Tensor,
+    w1_scales: torch.Tensor,
+    b1: torch.Tensor,
+    w2_blocks: torch.Tensor,
+    w2_scales: torch.Tensor,
+    b2: torch.Tensor,
+    *,
+    limit: float = 7.0,
+    alpha: float = 1.702,
+) -> torch.Tensor:
+    """Plain PyTorch: x (T, H), ids / weights (T, A) -> (T, H), in fp32, cast to x's dtype."""
+    xf = x.float()
+    w1 = dequantize(w1_blocks[ids], w1_scales[ids], torch.float32)  # (T, A, 2I, H)
+    w2 = dequantize(w2_blocks[ids], w2_scales[ids], torch.float32)  # (T, A, H, I)
+    h = torch.einsum("th,taoh->tao", xf, w1) + b1[ids].float()  # (T, A, 2I)
+    glu = h[..., 0::2].clamp(max=limit)
+    lin = h[..., 1::2].clamp(min=-limit, max=limit)
+    h = glu * torch.sigmoid(alpha * glu) * (lin + 1)  # (T, A, I)
+    y = torch.einsum("tai,taoi->tao", h, w2) + b2[ids].float()  # (T, A, H)
+    return (y * weights.float()[..., None]).sum(dim=1).to(x.dtype)
+
+
+# --- kernels ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fp4_to_f32(nibble):
+    """e2m1 nibble (int32, 0..15) -> fp32: 0, .5, 1, 1.5, 2, 3, 4, 6 and negatives from 8."""
+    exp = (nibble >> 1) & 3
+    mant = (nibble & 1).to(tl.float32)
+    pow2 = tl.where(exp == 3, 4.0, tl.where(exp == 2, 2.0, 1.0))
+    mag = tl.where(exp == 0, 0.5 * mant, (1.0 + 0.5 * mant) * pow2)
+    return tl.where((nibble & 8) != 0, -mag, mag)
+
+
+@triton.jit
+def _swiglu(glu, lin, limit, alpha):
+    glu = tl.minimum(glu, limit)
+    lin = tl.minimum(tl.maximum(lin, -limit), limit)
+    return glu * tl.sigmoid(alpha * glu) * (lin + 1.0)
+
+
+@triton.jit
+def _mlp1_decode_kernel(
+    x_ptr, ids_ptr, blocks_ptr, scales_ptr, bias_ptr, h_ptr, K, N_INTER, A, stride_xt, stride_be,
+    stride_bn, stride_se, stride_sn, stride_bias, stride_hp, limit, alpha, BLOCK_I: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """h[pair, i] = swiglu(x[token] . W1[e, 2i], x[token] . W1[e, 2i + 1]); grid (P, I tiles)."""
+    pair = tl.program_id(0)
+    tok = pair // A
+    e = tl.load(ids_ptr + pair).to(tl.int64)
+    offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    mask_i = offs_i < N_INTER
+    rows = 2 * offs_i.to(tl.int64)  # glu rows; the linear row follows each
+    offs_j = tl.arange(0, BLOCK_K // 2)  # byte j of the chunk holds elements 2j, 2j + 1
+    b_rows = blocks_ptr + e * stride_be + rows[:, None] * stride_bn  # (BI, 1)
+    s_rows = scales_ptr + e * stride_se + rows[:, None] * stride_sn
+    acc_g = tl.zeros([BLOCK_I], dtype=tl.float32)
+    acc_l = tl.zeros([BLOCK_I], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_even = k0 + 2 * offs_j
+        mask_k = k_even < K
+        x_row = x_ptr + tok * stride_xt + k_even
+        x_e = tl.load(x_row, mask=mask_k, other=0.0).to(tl.float32)[None, :]  # (1, BK/2)
+        x_o = tl.load(x_row + 1, mask=mask_k, other=0.0).to(tl.float32)[None, :]
+        mask = mask_i[:, None] & mask_k[None, :]
+        byte_off = (k0 // 2 + offs_j)[None, :]
+        group = (k_even // 32)[None, :]
+        # glu row
+        b = tl.load(b_rows + byte_off, mask=mask, other=0).to(tl.int32)  # (BI, BK/2)
+        s = tl.exp2(tl.load(s_rows + group, mask=mask, other=127).to(tl.float32) - 127.0)
+        acc_g += tl.sum((_fp4_to_f32(b & 15) * x_e + _fp4_to_f32(b >> 4) * x_o) * s, axis=1)
+        # linear row
+        b = tl.load(b_rows + stride_bn + byte_off, mask=mask, other=0).to(tl.int32)
+        s = tl.exp2(
+            tl.load(s_rows + stride_sn + group, mask=mask, other=127).to(tl.float32) - 127.0
+        )
+        acc_l += tl.sum((_fp4_to_f32(b & 15) * x_e + _fp4_to_f32(b >> 4) * x_o) * s, axis=1)
+    bias = bias_ptr + e * stride_bias + rows
+    glu = acc_g + tl.load(bias, mask=mask_i, other=0.0).to(tl.float32)
+    lin = acc_l + tl.load(bias + 1, mask=mask_i, other=0.0).to(tl.float32)
+    out = _swiglu(glu, lin, limit, alpha)
+    tl.store(h_ptr + pair * stride_hp + offs_i, out.to(h_ptr.dtype.element_ty), mask=mask_i)
+
+
+@triton.jit
+def _mlp2_decode_kernel(
+    h_ptr, ids_ptr, w_ptr, blocks_ptr, scales_ptr, bias_ptr, out_ptr, K, N, A, stride_hp,
+    stride_be, stride_bn, stride_se, stride_sn, stride_bias, stride_ot, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """out[t, n] = sum_a w[t, a] (h[t A + a] . W2[e_a, n] + b2[e_a, n]); grid (T, N tiles)."""
+    tok = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_j = tl.arange(0, BLOCK_K // 2)
+    out = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for a in range(0, A):
+        pair = tok * A + a
+        e = tl.load(ids_ptr + pair).to(tl.int64)
+        b_rows = blocks_ptr + e * stride_be + offs_n[:, None].to(tl.int64) * stride_bn
+        s_rows = scales_ptr + e * stride_se + offs_n[:, None].to(tl.int64) * stride_sn
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k_even = k0 + 2 * offs_j
+            mask_k = k_even < K
+            h_row = h_ptr + pair * stride_hp + k_even
+            h_e = tl.load(h_row, mask=mask_k, other=0.0).to(tl.float32)[None, :]
+            h_o = tl.load(h_row + 1, mask=mask_k, other=0.0).to(tl.float32)[None, :]
+            mask = mask_n[:, None] & mask_k[None, :]
+            b = tl.load(b_rows + (k0 // 2 + offs_j)[None, :], mask=mask, other=0).to(tl.int32)
+            s = tl.load(s_rows + (k_even // 32)[None, :], mask=mask, other=127)
+            s = tl.exp2(s.to(tl.float32) - 127.0)
+            acc += tl.sum((_fp4_to_f32(b & 15) * h_e + _fp4_to_f32(b >> 4) * h_o) * s, axis=1)
+        bias = tl.load(bias_ptr + e * stride_bias + offs_n, mask=mask_n, other=0.0)
+        out += tl.load(w_ptr + pair).to(tl.float32) * (acc + bias.to(tl.float32))
+    tl.store(out_ptr + tok * stride_ot + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def _dequant_tile(blocks_ptr, scales_ptr, rows, mask_rows, k0, offs_j, K, stride_bn, stride_sn):
+    """Packed rows (BN,) x bytes (BK/2,) -> (low, high) weights, each (BK/2, BN) fp32.
+
+    Transposed for tl.dot: the even elements' weights, then the odd elements'.
+    """
+    k_even = k0 + 2 * offs_j
+    mask = mask_rows[None, :] & (k_even < K)[:, None]
+    b = tl.load(
+        blocks_ptr + rows[None, :] * stride_bn + (k0 // 2 + offs_j)[:, None], mask=mask, other=0
+    ).to(tl.int32)
+    s = tl.load(
+        scales_ptr + rows[None, :] * stride_sn + (k_even // 32)[:, None], mask=mask, other=127
+    )
+    s = tl.exp2(s.to(tl.float32) - 127.0)
+    return _fp4_to_f32(b & 15) * s, _fp4_to_f32(b >> 4) * s
+
+
+@triton.jit
+def _mlp1_grouped_kernel(
+    x_ptr, order_ptr, tiles_ptr, n_tiles, blocks_ptr, scales_ptr, bias_ptr, h_ptr, K, N_INTER, A,
+    stride_xt, stride_be, stride_bn, stride_se, stride_sn, stride_bias, stride_hp, limit, alpha,
+    BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """h[sorted row, i] for a tile of rows of one expert; grid (tiles, I tiles).
+
+    tiles (3, n_tiles) int32: expert, first sorted row, end of the expert's rows.
+    """
+    tile = tl.program_id(0)
+    e = tl.load(tiles_ptr + tile).to(tl.int64)
+    start = tl.load(tiles_ptr + n_tiles + tile)
+    end = tl.load(tiles_ptr + 2 * n_tiles + tile)
+    offs_m = start + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < end
+    tok = tl.load(order_ptr + offs_m, mask=mask_m, other=0).to(tl.int64) // A  # (BM,)
+    offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    mask_i = offs_i < N_INTER
+    rows = 2 * offs_i.to(tl.int64)
+    offs_j = tl.arange(0, BLOCK_K // 2)
+    b_base = blocks_ptr + e * stride_be
+    s_base = scales_ptr + e * stride_se
+    acc_g = tl.zeros([BLOCK_M, BLOCK_I], dtype=tl.float32)
+    acc_l = tl.zeros([BLOCK_M, BLOCK_I], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_even = k0 + 2 * offs_j
+        mask_x = mask_m[:, None] & (k_even < K)[None, :]
+        x_rows = x_ptr + tok[:, None] * stride_xt + k_even[None, :]
+        x_e = tl.load(x_rows, mask=mask_x, other=0.0)  # (BM, BK/2)
+        x_o = tl.load(x_rows + 1, mask=mask_x, other=0.0)
+        lo, hi = _dequant_tile(b_base, s_base, rows, mask_i, k0, offs_j, K, stride_bn, stride_sn)
+        acc_g = tl.dot(x_e, lo.to(x_e.dtype), acc_g, input_precision="ieee")
+        acc_g = tl.dot(x_o, hi.to(x_e.dtype), acc_g, input_precision="ieee")
+        lo, hi = _dequant_tile(
+            b_base, s_base, rows + 1, mask_i, k0, offs_j, K, stride_bn, stride_sn
+        )
+        acc_l = tl.dot(x_e, lo.to(x_e.dtype), acc_l, input_precision="ieee")
+        acc_l = tl.dot(x_o, hi.to(x_e.dtype), acc_l, input_precision="ieee")
+    bias = bias_ptr + e * stride_bias + rows
+    glu = acc_g + tl.load(bias, mask=mask_i, other=0.0).to(tl.float32)[None, :]
+    lin = acc_l + tl.load(bias + 1, mask=mask_i, other=0.0).to(tl.float32)[None, :]
+    out = _swiglu(glu, lin, limit, alpha)  # (BM, BI)
+    h_rows = h_ptr + offs_m[:, None].to(tl.int64) * stride_hp + offs_i[None, :]
+    tl.store(h_rows, out.to(h_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_i[None, :])
+
+
+@triton.jit
+def _mlp2_grouped_kernel(
+    h_ptr, order_ptr, tiles_ptr, n_tiles, w_ptr, blocks_ptr, scales_ptr, bias_ptr, y_ptr, K, N,
+    stride_hp, stride_be, stride_bn, stride_se, stride_sn, stride_bias, stride_yp,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """y[pair, n] = w[pair] (h[sorted row] . W2[e, n] + b2[e, n]); grid (tiles, N tiles)."""
+    tile = tl.program_id(0)
+    e = tl.load(tiles_ptr + tile).to(tl.int64)
+    start = tl.load(tiles_ptr + n_tiles + tile)
+    end = tl.load(tiles_ptr + 2 * n_tiles + tile)
+    offs_m = start + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < end
+    pair = tl.load(order_ptr + offs_m, mask=mask_m, other=0).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = offs_n.to(tl.int64)
+    offs_j = tl.arange(0, BLOCK_K // 2)
+    b_base = blocks_ptr + e * stride_be
+    s_base = scales_ptr + e * stride_se
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_even = k0 + 2 * offs_j
+        mask_h = mask_m[:, None] & (k_even < K)[None, :]
+        h_rows = h_ptr + offs_m[:, None].to(tl.int64) * stride_hp + k_even[None, :]
+        h_e = tl.load(h_rows, mask=mask_h, other=0.0)
+        h_o = tl.load(h_rows + 1, mask=mask_h, other=0.0)
+        lo, hi = _dequant_tile(b_base, s_base, rows, mask_n, k0, offs_j, K, stride_bn, stride_sn)
+        acc = tl.dot(h_e, lo.to(h_e.dtype), acc, input_precision="ieee")
+        acc = tl.dot(h_o, hi.to(h_e.dtype), acc, input_precision="ieee")
+    bias = tl.load(bias_ptr + e * stride_bias + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + pair, mask=mask_m, other=0.0).to(tl.float32)
+    y = (acc + bias[None, :]) * w[:, None]
+    y_rows = y_ptr + pair[:, None] * stride_yp + offs_n[None, :]
+    tl.store(y_rows, y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+# --- host ------------------------------------------------------------------------------------
+
+
+def moe(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    w1_blocks: torch.Tensor,
+    w1_scales: torch.Tensor,
+    b1: torch.Tensor,
+    w2_blocks: torch.Tensor,
+    w2_scales: torch.Tensor,
+    b2: torch.Tensor,
+    *,
+    limit: float = 7.0,
+    alpha: float = 1.702,
+    path: Path | None = None,
+) -> torch.Tensor:
+    """x (T, H), expert ids / router weights (T, A) -> sum_a w_a expert_a(x) (T, H), x's dtype.
+
+    path: "decode" or "grouped"; None picks decode for at most DECODE_MAX_TOKENS tokens.
+    """
+    t, hdim = x.shape
+    e, two_i = w1_blocks.shape[:2]
+    inter = two_i // 2
+    _check_packed(w1_blocks, w1_scales, (e, two_i, hdim // 32))
+    _check_packed(w2_blocks, w2_scales, (e, hdim, inter // 32))
+    x = x.contiguous()
+    ids = ids.contiguous()
+    weights = weights.contiguous()
+    a = ids.shape[1]
+    if path is None:
+        path = "decode" if t <= DECODE_MAX_TOKENS else "grouped"
+    if path == "decode":
+        # fp32 between the two kernels: it is tiny next to the weights, and bf16 would round it.
+        h = torch.empty(t * a, inter, device=x.device, dtype=torch.float32)  # (P, I)
+        cfg1, cfg2 = DECODE_MLP1, DECODE_MLP2
+        _mlp1_decode_kernel[(t * a, cdiv(inter, cfg1["BLOCK_I"]))](
+            x, ids, w1_blocks, w1_scales, b1, h, hdim, inter, a, x.stride(0), w1_blocks.stride(0),
+            w1_blocks.stride(1), w1_scales.stride(0), w1_scales.stride(1), b1.stride(0),
+            h.stride(0), limit, alpha, BLOCK_I=cfg1["BLOCK_I"], BLOCK_K=cfg1["BLOCK_K"],
+            num_warps=cfg1["num_warps"],
+        )  # fmt: skip
+        out = torch.empty_like(x)
+        _mlp2_decode_kernel[(t, cdiv(hdim, cfg2["BLOCK_N"]))](
+            h, ids, weights, w2_blocks, w2_scales, b2, out, inter, hdim, a, h.stride(0),
+            w2_blocks.stride(0), w2_blocks.stride(1), w2_scales.stride(0), w2_scales.stride(1),
+            b2.stride(0), out.stride(0), BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"],
+            num_warps=cfg2["num_warps"],
+        )  # fmt: skip
+        return out
+    if path != "grouped":
+        raise ValueError(f"unknown MoE path {path!r} (decode or grouped)")
+    h = torch.empty(t * a, inter, device=x.device, dtype=x.dtype)  # (P, I), a tl.dot operand
+    block_m = grouped_block_m(t * a, e)
+    order, tiles = expert_tiles(ids, e, block_m)
+    n_tiles = tiles.shape[1]
+    cfg1, cfg2 = GROUPED_MLP1[block_m], GROUPED_MLP2[block_m]
+    _mlp1_grouped_kernel[(n_tiles, cdiv(inter, cfg1["BLOCK_I"]))](
+        x, order, tiles, n_tiles, w1_blocks, w1_scales, b1, h, hdim, inter, a, x.stride(0),
+        w1_blocks.stride(0), w1_blocks.stride(1), w1_scales.stride(0), w1_scales.stride(1),
+        b1.stride(0), h.stride(0), limit, alpha, BLOCK_M=block_m, BLOCK_I=cfg1["BLOCK_I"],
+        BLOCK_K=cfg1["BLOCK_K"], num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"],
+    )  # fmt: skip
+    y = torch.empty(t * a, hdim, device=x.device, dtype=torch.float32)  # (P, H), pair order
+    _mlp2_grouped_kernel[(n_tiles, cdiv(hdim, cfg2["BLOCK_N"]))](
+        h, order, tiles, n_tiles, weights, w2_blocks, w2_scales, b2, y, inter, hdim, h.stride(0),
+        w2_blocks.stride(0), w2_blocks.stride(1), w2_scales.stride(0), w2_scales.stride(1),
+        b2.stride(0), y.stride(0), BLOCK_M=block_m, BLOCK_N=cfg2["BLOCK_N"],
+        BLOCK_K=cfg2["BLOCK_K"], num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
+    )  # fmt: skip
+    # A token's pairs are adjacent rows: sum them in fp32 (deterministic, unlike atomics).
+    return y.view(t, a, hdim).sum(dim=1).to(x.dtype)
+
+
+def grouped_block_m(pairs: int, num_experts: int) -> int:
+    """Rows per tile: small tiles when experts get few rows each, so little work is padding."""
+    return (
+        GROUPED_BLOCK_M[0] if pairs <= 2 * GROUPED_BLOCK_M[0] * num_experts else GROUPED_BLOCK_M[1]
+    )
+
+
+def expert_tiles(
+    ids: torch.Tensor, num_experts: int, block_m: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort the pairs by expert and cut each expert's rows into tiles of `block_m`.
+
+    -> order (P,) int32: pair index of each sorted row; tiles (3, n_tiles) int32: expert,
+    first sorted row and end of that expert's rows. One host sync (the number of tiles).
+    """
+    flat = ids.reshape(-1)
+    order = torch.argsort(flat, stable=True).to(torch.int32)
+    counts = torch.bincount(flat, minlength=num_experts)  # (E,)
+    per_expert = (counts + block_m - 1) // block_m
+    n_tiles = int(per_expert.sum())
+    expert = torch.repeat_interleave(
+        torch.arange(num_experts, device=ids.device), per_expert, output_size=n_tiles
+    )  # (n_tiles,)
+    group_start = torch.cumsum(counts, 0) - counts
+    first_tile = torch.cumsum(per_expert, 0) - per_expert
+    index = torch.arange(n_tiles, device=ids.device) - first_tile[expert]
+    start = group_start[expert] + index * block_m
+    end = group_start[expert] + counts[expert]
+    return order, torch.stack([expert, start, end]).to(torch.int32)
+
+
+def _check_packed(blocks: torch.Tensor, scales: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(blocks.shape) != (*shape, 16) or tuple(scales.shape) != shape:
+        raise ValueError(
+            f"packed weight shapes {tuple(blocks.shape)} / {tuple(scales.shape)} do not match "
+            f"{(*shape, 16)} / {shape}"
+        )
+    # The kernels address a row's bytes and scales as contiguous runs.
+    if blocks.stride(-1) != 1 or blocks.stride(-2) != 16 or scales.stride(-1) != 1:
+        raise ValueError("packed weights must be contiguous within a row")
+
+
+# --- ahead-of-time compilation ---------------------------------------------------------------
+
+
+def aot_specs(dtype: torch.dtype = torch.bfloat16) -> list[KernelSpec]:
+    """Every kernel configuration `moe` can launch, with activations of `dtype`."""
+    act = ptr_type(dtype)
+    u8, i64, i32 = "*u8", "*i64", "*i32"
+    scalars = ["K", "N_INTER", "A"]
+    strides1 = [
+        "stride_xt",
+        "stride_be",
+        "stride_bn",
+        "stride_se",
+        "stride_sn",
+        "stride_bias",
+        "stride_hp",
+    ]
+    sig1 = {
+        "x_ptr": act,
+        "ids_ptr": i64,
+        "blocks_ptr": u8,
+        "scales_ptr": u8,
+        "bias_ptr": act,
+        "h_ptr": "*fp32",
+    }
+    sig1 |= dict.fromkeys(scalars + strides1, "i32") | {"limit": "fp32", "alpha": "fp32"}
+    specs = [
+        KernelSpec(
+            "moe_mlp1_decode",
+            _mlp1_decode_kernel,
+            sig1 | {"BLOCK_I": "constexpr", "BLOCK_K": "constexpr"},
+            {"BLOCK_I": DECODE_MLP1["BLOCK_I"], "BLOCK_K": DECODE_MLP1["BLOCK_K"]},
+            num_warps=DECODE_MLP1["num_warps"],
+        ),
+    ]
+    sig2 = {
+        "h_ptr": "*fp32",
+        "ids_ptr": i64,
+        "w_ptr": act,
+        "blocks_ptr": u8,
+        "scales_ptr": u8,
+        "bias_ptr": act,
+        "out_ptr": act,
+    }
+    sig2 |= dict.fromkeys(
+        [
+            "K",
+            "N",
+            "A",
+            "stride_hp",
+            "stride_be",
+            "stride_bn",
+            "stride_se",
+            "stride_sn",
+            "stride_bias",
+            "stride_ot",
+        ],
+        "i32",
+    )
+    specs.append(
+        KernelSpec(
+            "moe_mlp2_decode",
+            _mlp2_decode_kernel,
+            sig2 | {"BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
+            {"BLOCK_N": DECODE_MLP2["BLOCK_N"], "BLOCK_K": DECODE_MLP2["BLOCK_K"]},
+            num_warps=DECODE_MLP2["num_warps"],
+        )
+    )
+    g1 = {
+        "x_ptr": act,
+        "order_ptr": i32,
+        "tiles_ptr": i32,
+        "n_tiles": "i32",
+        "blocks_ptr": u8,
+        "scales_ptr": u8,
+        "bias_ptr": act,
+        "h_ptr": act,
+    }
+    g1 |= dict.fromkeys(scalars + strides1, "i32") | {"limit": "fp32", "alpha": "fp32"}
+    g2 = {
+        "h_ptr": act,
+        "order_ptr": i32,
+        "tiles_ptr": i32,
+        "n_tiles": "i32",
+        "w_ptr": act,
+        "blocks_ptr": u8,
+        "scales_ptr": u8,
+        "bias_ptr": act,
+        "y_ptr": "*fp32",
+    }
+    g2 |= dict.fromkeys(
+        [
+            "K",
+            "N",
+            "stride_hp",
+            "stride_be",
+            "stride_bn",
+            "stride_se",
+            "stride_sn",
+            "stride_bias",
+            "stride_yp",
+        ],
+        "i32",
+    )
+    for bm in GROUPED_BLOCK_M:
+        cfg1, cfg2 = GROUPED_MLP1[bm], GROUPED_MLP2[bm]
+        c1 = {"BLOCK_M": bm, "BLOCK_I": cfg1["BLOCK_I"], "BLOCK_K": cfg1["BLOCK_K"]}
+        specs.append(
+            KernelSpec(
+                "moe_mlp1_grouped",
+                _mlp1_grouped_kernel,
+                g1 | dict.fromkeys(c1, "constexpr"),
+                c1,
+                num_warps=cfg1["num_warps"],
+                num_stages=cfg1["num_stages"],
+            )
+        )
+        c2 = {"BLOCK_M": bm, "BLOCK_N": cfg2["BLOCK_N"], "BLOCK_K": cfg2["BLOCK_K"]}
+        specs.append(
+            KernelSpec(
+                "moe_mlp2_grouped",
+                _mlp2_grouped_kernel,
+                g2 | dict.fromkeys(c2, "constexpr"),
+                c2,
+                num_warps=cfg2["num_warps"],
+                num_stages=cfg2["num_stages"],
+            )
+        )
+    return specs

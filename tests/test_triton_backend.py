@@ -1,0 +1,70 @@
+"""The Triton backend (model surgery on the PyTorch gpt-oss) against the PyTorch backend.
+
+A tiny random fp32 checkpoint with MXFP4 experts; logits of an uncached forward, then greedy
+generation through the engine (chunked prefill, KV cache reuse, one-token decode steps), so
+both the prefill and the decode kernels run, with a window shorter than the prompt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import Sampling, load_model
+from model.checkpoint import write_random_checkpoint
+from model.config import ModelConfig
+from model.engine import GptOss
+from model.triton_common import kernel_test_mode
+
+with kernel_test_mode() as MODE:
+    pytest.importorskip("triton")
+    from model.triton_backend import TritonAttentionBlock, TritonMLPBlock, use_triton
+
+if MODE == "unavailable":
+    pytest.skip("triton imported without the interpreter: run in a subprocess by "
+                "test_triton_interpreter.py", allow_module_level=True)  # fmt: skip
+DEVICE = "cuda" if MODE == "gpu" else "cpu"
+
+CONFIG = ModelConfig(
+    num_hidden_layers=2, num_experts=4, experts_per_token=2, vocab_size=64, hidden_size=64,
+    intermediate_size=64, head_dim=16, num_attention_heads=4, num_key_value_heads=2,
+    sliding_window=4,
+)  # fmt: skip
+PROMPT = [5, 9, 13, 2, 7, 7, 30, 41, 1, 0, 22]
+GREEDY = Sampling(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("ckpt"), CONFIG, dtype=torch.float32, seed=3
+    )
+
+
+def load(folder: Path, triton: bool) -> GptOss:
+    m = load_model(folder, device=DEVICE, progress=False, max_context=32, experts="mxfp4")
+    if triton:
+        use_triton(m.transformer)
+    m.prefill_chunk = 6  # two prefill chunks; the second one starts past the window
+    return m
+
+
+def test_surgery_swaps_the_modules(folder: Path) -> None:
+    m = load(folder, triton=True)
+    for block in m.transformer.block:
+        assert isinstance(block.attn, TritonAttentionBlock)
+        assert isinstance(block.mlp, TritonMLPBlock)
+
+
+def test_logits_and_greedy_tokens_match_torch(folder: Path) -> None:
+    ref, tri = load(folder, triton=False), load(folder, triton=True)
+    torch.testing.assert_close(tri.logits(PROMPT), ref.logits(PROMPT), rtol=1e-4, atol=1e-4)
+    want = list(ref.generate(PROMPT, stop_tokens=[], max_tokens=4, sampling=GREEDY))
+    got = list(tri.generate(PROMPT, stop_tokens=[], max_tokens=4, sampling=GREEDY))
+    assert got == want
+    # A prompt that diverges mid-prefix: the cache is reused up to there, then prefilled.
+    prompt = [*PROMPT[:8], 3, 3]
+    want = list(ref.generate(prompt, stop_tokens=[], max_tokens=2, sampling=GREEDY))
+    assert list(tri.generate(prompt, stop_tokens=[], max_tokens=2, sampling=GREEDY)) == want

@@ -1,0 +1,231 @@
+"""Triton kernels against their plain-PyTorch references, over a grid of small shapes.
+
+Without a GPU the kernels run in Triton's CPU interpreter, in fp32 (the interpreter's bf16
+tl.dot is not faithful); shapes are small and tiles are the real ones, so masking is exercised.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.config import ModelConfig
+from model.gpt_oss import apply_rope, rope_cos_sin, rope_inv_freq
+from model.gpt_oss import attention as model_attention
+from model.mxfp4 import dequantize
+from model.triton_common import kernel_test_mode
+
+with kernel_test_mode() as MODE:
+    pytest.importorskip("triton")
+    from model import triton_attention, triton_moe, triton_norm, triton_rope
+
+# In a process that imported triton before the interpreter could be enabled (the whole suite:
+# transformers' gpt-oss imports it), test_triton_interpreter.py runs this file in a fresh one.
+if MODE == "unavailable":
+    pytest.skip("triton imported without the interpreter: run in a subprocess by "
+                "test_triton_interpreter.py", allow_module_level=True)  # fmt: skip
+DEVICE = "cuda" if MODE == "gpu" else "cpu"
+
+
+def test_kernels_are_built_for_this_machine() -> None:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    assert isinstance(triton_moe._mlp1_decode_kernel, InterpretedFunction) == (MODE != "gpu")
+
+
+# --- MoE -------------------------------------------------------------------------------------
+
+
+def experts(e: int, h: int, i: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random packed experts: every byte value (so every nibble) and scales around 2**-3."""
+    g = torch.Generator().manual_seed(seed)
+
+    def packed(rows: int, inp: int) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = torch.randint(0, 256, (e, rows, inp // 32, 16), generator=g, dtype=torch.uint8)
+        scales = torch.randint(122, 126, (e, rows, inp // 32), generator=g, dtype=torch.uint8)
+        return blocks, scales
+
+    w1b, w1s = packed(2 * i, h)
+    w2b, w2s = packed(h, i)
+    t = {
+        "w1_blocks": w1b,
+        "w1_scales": w1s,
+        "b1": torch.randn(e, 2 * i, generator=g),
+        "w2_blocks": w2b,
+        "w2_scales": w2s,
+        "b2": torch.randn(e, h, generator=g),
+    }
+    return {k: v.to(DEVICE) for k, v in t.items()}
+
+
+def routing(t: int, e: int, a: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(e, generator=g)[:a] for _ in range(t)])  # (T, A)
+    weights = torch.softmax(torch.randn(t, a, generator=g), dim=-1)
+    return ids.to(DEVICE), weights.to(DEVICE)
+
+
+@pytest.mark.parametrize(
+    ("t", "h", "i", "e", "a", "path"),
+    [
+        (1, 64, 64, 4, 2, "decode"),
+        (3, 160, 96, 6, 4, "decode"),  # several K chunks with a masked tail
+        (9, 64, 64, 4, 2, "grouped"),  # BLOCK_M 16
+        (40, 160, 96, 2, 2, "grouped"),  # BLOCK_M 64, experts with 40 rows
+        (5, 64, 32, 8, 1, None),  # top-1, experts left unused
+    ],
+)
+def test_moe_matches_reference(t: int, h: int, i: int, e: int, a: int, path: str | None) -> None:
+    w = experts(e, h, i, seed=t)
+    ids, weights = routing(t, e, a, seed=t + 1)
+    x = 2.0 * torch.randn(t, h, generator=torch.Generator().manual_seed(t)).to(DEVICE)
+    ref = triton_moe.moe_reference(x, ids, weights, **w)
+    out = triton_moe.moe(x, ids, weights, **w, path=path)  # type: ignore[arg-type]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_moe_reference_exercises_the_swiglu_clamps() -> None:
+    """The test inputs are large enough that both clamps bind (else they are untested)."""
+    w = experts(4, 64, 64, seed=0)
+    ids, _ = routing(6, 4, 2, seed=1)
+    x = 2.0 * torch.randn(6, 64, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    w1 = dequantize(w["w1_blocks"][ids], w["w1_scales"][ids], torch.float32)
+    h = torch.einsum("th,taoh->tao", x, w1) + w["b1"][ids]
+    assert (h[..., 0::2] > 7).any() and (h[..., 1::2].abs() > 7).any()
+
+
+def test_expert_tiles_cover_each_pair_once() -> None:
+    ids = torch.tensor([[3, 0], [3, 1], [0, 3], [3, 2]])
+    order, tiles = triton_moe.expert_tiles(ids, num_experts=5, block_m=2)
+    assert ids.flatten()[order.long()].tolist() == [0, 0, 1, 2, 3, 3, 3, 3]
+    assert tiles.tolist() == [[0, 1, 2, 3, 3], [0, 2, 3, 4, 6], [2, 3, 4, 8, 8]]
+
+
+def test_grouped_block_m_grows_with_rows_per_expert() -> None:
+    assert triton_moe.grouped_block_m(64, 32) == 16
+    assert triton_moe.grouped_block_m(1024 * 4, 32) == 64
+
+
+# --- attention -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("t", "q_start", "k_start", "nh", "nkv", "hd", "window", "path", "splits"),
+    [
+        (7, 0, 0, 4, 2, 16, None, "prefill", None),
+        (70, 0, 0, 4, 2, 32, 8, "prefill", None),  # two query tiles; the window skips key tiles
+        (20, 30, 23, 4, 1, 16, 8, "prefill", None),  # a sliding-window cache slice
+        (9, 120, 0, 2, 2, 16, None, "prefill", None),  # chunked prefill after a cached prefix
+        (1, 40, 0, 4, 2, 16, 8, "decode", None),
+        (1, 40, 33, 4, 2, 16, 8, "decode", None),  # window slice of the cache
+        (3, 100, 0, 8, 2, 16, None, "decode", None),  # 3 queries x 4 heads in one row tile
+        (1, 300, 0, 4, 1, 16, None, "decode", 3),  # flash-decoding splits, merged with the sink
+        (2, 200, 0, 4, 2, 32, 64, "decode", 4),  # splits that see no key for some rows
+        (4, 16, 0, 4, 2, 16, None, None, None),
+    ],
+)
+def test_attention_matches_reference(
+    t: int,
+    q_start: int,
+    k_start: int,
+    nh: int,
+    nkv: int,
+    hd: int,
+    window: int | None,
+    path: str | None,
+    splits: int | None,
+) -> None:
+    g = torch.Generator().manual_seed(t * 1000 + q_start)
+    s = q_start + t - k_start
+    q = torch.randn(t, nh, hd, generator=g).to(DEVICE)
+    k = torch.randn(nkv, s, hd, generator=g).to(DEVICE)
+    v = torch.randn(nkv, s, hd, generator=g).to(DEVICE)
+    sinks = (2 * torch.randn(nh, generator=g)).to(DEVICE)
+    ref = triton_attention.attention_reference(q, k, v, sinks, q_start, k_start, window)
+    out = triton_attention.attention(
+        q, k, v, sinks, q_start, k_start, window, path=path, splits=splits
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_reference_matches_the_model() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(5, 4, 16, generator=g), torch.randn(2, 9, 16, generator=g)
+    v = torch.randn(2, 9, 16, generator=g)
+    sinks = torch.randn(4, generator=g)
+    ref = triton_attention.attention_reference(q, k, v, sinks, 6, 2, 4)
+    torch.testing.assert_close(ref, model_attention(q, k, v, sinks, 6, 2, 4))
+
+
+def test_attention_with_strided_cache_views() -> None:
+    """k / v as the engine passes them: slices of a (nkv, max_len, hd) cache."""
+    g = torch.Generator().manual_seed(3)
+    cache_k = torch.randn(2, 64, 16, generator=g).to(DEVICE)
+    cache_v = torch.randn(2, 64, 16, generator=g).to(DEVICE)
+    q = torch.randn(1, 4, 16, generator=g).to(DEVICE)
+    sinks = torch.zeros(4).to(DEVICE)
+    k, v = cache_k[:, 20:31], cache_v[:, 20:31]  # positions 20..30
+    ref = triton_attention.attention_reference(q, k, v, sinks, 30, 20, 11)
+    torch.testing.assert_close(
+        triton_attention.attention(q, k, v, sinks, 30, 20, 11), ref, rtol=1e-4, atol=1e-5
+    )
+
+
+# --- RMSNorm and RoPE ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (5, 72), (2, 3, 2880)])
+def test_rms_norm_matches_reference(shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(len(shape))
+    x = (3 * torch.randn(shape, generator=g)).to(DEVICE)
+    scale = torch.rand(shape[-1], generator=g).to(DEVICE) + 0.5
+    ref = triton_norm.rms_norm_reference(x, scale, 1e-5)
+    torch.testing.assert_close(triton_norm.rms_norm(x, scale, 1e-5), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("start", "heads", "hd"), [(0, 6, 16), (100_000, 20, 64)])
+def test_rope_matches_the_model(start: int, heads: int, hd: int) -> None:
+    """YaRN tables from the torch model, positions past the original 4096 context too."""
+    config = ModelConfig(head_dim=hd)
+    positions = torch.arange(start, start + 5)
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(config), config)  # (T, hd/2) fp32
+    g = torch.Generator().manual_seed(heads)
+    qkv = torch.randn(5, (heads + 2) * hd, generator=g).to(DEVICE)
+    x = qkv[:, : heads * hd].view(5, heads, hd)  # a strided view, rotated in place
+    x0, tail = x.cpu().clone(), qkv[:, heads * hd :].clone()
+    ref = apply_rope(x0, cos, sin)
+    torch.testing.assert_close(triton_rope.rope_reference(x0, cos, sin), ref)
+    out = triton_rope.rope_(x, cos.to(DEVICE), sin.to(DEVICE))
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(qkv[:, heads * hd :], tail, rtol=0, atol=0)  # v untouched
+
+
+# --- bf16 activations ------------------------------------------------------------------------
+
+
+def test_bf16_activations_without_tl_dot() -> None:
+    """bf16 in and out for the kernels that do not use tl.dot (the interpreter's bf16 dot is
+    not faithful; on a GPU every path runs in bf16). The interpreter truncates fp32 -> bf16
+    where a GPU rounds, so the tolerance is a couple of bf16 ulps."""
+    tol = {"rtol": 2e-2, "atol": 2e-2}
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 96, generator=g).to(DEVICE, torch.bfloat16)
+    scale = (torch.rand(96, generator=g) + 0.5).to(DEVICE)
+    out = triton_norm.rms_norm(x, scale)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, triton_norm.rms_norm_reference(x, scale), **tol)
+
+    cos, sin = torch.rand(3, 8, generator=g), torch.rand(3, 8, generator=g)
+    heads = x.view(3, 6, 16)
+    ref = triton_rope.rope_reference(heads, cos, sin)
+    torch.testing.assert_close(triton_rope.rope_(heads.clone(), cos, sin), ref, **tol)
+
+    w = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in
+         experts(4, 96, 64, seed=5).items()}  # fmt: skip
+    ids, weights = routing(2, 4, 2, seed=6)
+    weights = weights.to(torch.bfloat16)
+    out = triton_moe.moe(x[:2], ids, weights, **w, path="decode")
+    assert out.dtype == torch.bfloat16
+    ref = triton_moe.moe_reference(x[:2].float(), ids, weights.float(), **w)
+    torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=5e-2)
