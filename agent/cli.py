@@ -53,6 +53,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Idle OpenMP workers otherwise spin and starve the decoding thread on a busy CPU (4x slower
+    # decode measured here); it only takes effect before torch is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

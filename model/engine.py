@@ -50,7 +50,15 @@ class GptOss:
         if len(tokens) == 0:
             raise ValueError("tokens must not be empty")
         ids = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
-        return self.transformer(ids).float()
+        if len(ids) <= self.prefill_chunk:
+            return self.transformer(ids).float()
+        # long inputs: chunks through a scratch cache bound the (heads, T, S) attention scores
+        cache = KVCache(self.config, len(ids), self.device, self.dtype)
+        step = self.prefill_chunk
+        parts = [
+            self.transformer(ids[i : i + step], i, cache).float() for i in range(0, len(ids), step)
+        ]
+        return torch.cat(parts)
 
     def reset(self) -> None:
         """Forget the cached tokens (the buffers stay allocated)."""

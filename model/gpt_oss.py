@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import mxfp4_cpu
 from .config import ModelConfig
 from .mxfp4 import dequantize
 
@@ -46,6 +47,8 @@ class KVCache:
 
 
 class Transformer(nn.Module):
+    inv_freq: torch.Tensor  # (hd/2,) fp32, YaRN-scaled; not in checkpoints
+
     def __init__(self, config: ModelConfig, *, packed_experts: bool = False) -> None:
         super().__init__()
         self.config = config
@@ -54,7 +57,7 @@ class Transformer(nn.Module):
             [Block(config, i, packed_experts) for i in range(config.num_hidden_layers)]
         )
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.unembedding = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.unembedding = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
 
     def forward(
@@ -118,9 +121,9 @@ class AttentionBlock(nn.Module):
         )
         self.window = config.sliding_window if config.is_sliding(layer) else None
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.qkv = nn.Linear(config.hidden_size, config.qkv_dim)
+        self.qkv = Linear(config.hidden_size, config.qkv_dim)
         self.sinks = nn.Parameter(torch.zeros(self.nh, dtype=torch.float32))
-        self.out = nn.Linear(self.nh * self.hd, config.hidden_size)
+        self.out = Linear(self.nh * self.hd, config.hidden_size)
 
     def forward(
         self,
@@ -184,7 +187,7 @@ class MLPBlock(nn.Module):
         self.top_k = config.experts_per_token
         self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.gate = nn.Linear(config.hidden_size, config.num_experts)
+        self.gate = Linear(config.hidden_size, config.num_experts)
         self.experts: DenseExperts | MXFP4Experts = (
             MXFP4Experts(config) if packed_experts else DenseExperts(config)
         )
@@ -197,24 +200,23 @@ class MLPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.norm(x)  # (T, H)
-        ids, weights = self.route(t)
-        out = torch.zeros_like(t)
+        ids, weights = self.route(t)  # (T, A) each
         flat = ids.flatten()  # (T A,)
         order = flat.argsort()
         counts = torch.bincount(flat, minlength=self.experts.num_experts).tolist()
         rows = order // self.top_k  # token of each sorted (token, expert) pair
+        ys = t.new_empty(len(flat), t.shape[1])  # (T A, H): output of every (token, expert) pair
         at = 0
         for e, n in enumerate(counts):  # one pass per expert hit: each weight is read once
             if n == 0:
                 continue
             pairs = order[at : at + n]
-            tok = rows[at : at + n]
             at += n
-            w1, b1, w2, b2 = self.experts.expert(e, t.dtype)
-            h = swiglu(F.linear(t[tok], w1, b1), self.alpha, self.limit)  # (n, I)
-            y = F.linear(h, w2, b2) * weights.flatten()[pairs, None]  # (n, H)
-            out.index_add_(0, tok, y)
-        return out
+            h = self.experts.mlp1(e, t[rows[at - n : at]]).float()  # (n, 2I), SwiGLU in fp32
+            h = swiglu(h, self.alpha, self.limit).to(t.dtype)  # (n, I)
+            ys[pairs] = self.experts.mlp2(e, h)  # (n, H)
+        ys = ys.view(*ids.shape, -1).float()  # (T, A, H)
+        return (ys * weights.float()[..., None]).sum(dim=1).to(t.dtype)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Slow reference: gather the A experts of every token and apply them."""
@@ -247,6 +249,12 @@ class DenseExperts(nn.Module):
         self.mlp2_weight = nn.Parameter(torch.empty(e, h, i))
         self.mlp2_bias = nn.Parameter(torch.zeros(e, h))
 
+    def mlp1(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.mlp1_weight[e], self.mlp1_bias[e])  # (n, H) -> (n, 2I)
+
+    def mlp2(self, e: int, h: torch.Tensor) -> torch.Tensor:
+        return linear(h, self.mlp2_weight[e], self.mlp2_bias[e])  # (n, I) -> (n, H)
+
     def expert(self, e: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         return self.mlp1_weight[e], self.mlp1_bias[e], self.mlp2_weight[e], self.mlp2_bias[e]
 
@@ -262,6 +270,11 @@ class DenseExperts(nn.Module):
 class MXFP4Experts(nn.Module):
     """All experts kept packed in MXFP4; an expert is dequantised when it is used."""
 
+    mlp1_blocks: torch.Tensor  # (E, 2I, H/32, 16) uint8
+    mlp1_scales: torch.Tensor  # (E, 2I, H/32) uint8
+    mlp2_blocks: torch.Tensor  # (E, H, I/32, 16) uint8
+    mlp2_scales: torch.Tensor  # (E, H, I/32) uint8
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         e, h, i = config.num_experts, config.hidden_size, config.intermediate_size
@@ -274,6 +287,12 @@ class MXFP4Experts(nn.Module):
         self.mlp1_bias = nn.Parameter(torch.zeros(e, 2 * i))
         self.mlp2_bias = nn.Parameter(torch.zeros(e, h))
 
+    def mlp1(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        return _mxfp4_linear(x, self.mlp1_blocks[e], self.mlp1_scales[e], self.mlp1_bias[e])
+
+    def mlp2(self, e: int, h: torch.Tensor) -> torch.Tensor:
+        return _mxfp4_linear(h, self.mlp2_blocks[e], self.mlp2_scales[e], self.mlp2_bias[e])
+
     def expert(self, e: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         w1 = dequantize(self.mlp1_blocks[e], self.mlp1_scales[e], dtype)  # (2I, H)
         w2 = dequantize(self.mlp2_blocks[e], self.mlp2_scales[e], dtype)  # (H, I)
@@ -283,6 +302,34 @@ class MXFP4Experts(nn.Module):
         w1 = dequantize(self.mlp1_blocks[ids], self.mlp1_scales[ids], dtype)
         w2 = dequantize(self.mlp2_blocks[ids], self.mlp2_scales[ids], dtype)
         return w1, self.mlp1_bias[ids], w2, self.mlp2_bias[ids]
+
+
+FUSED_MAX_ROWS = 64
+"""Up to this many tokens per expert, CPU runs the fused packed kernel; beyond, dequantise once."""
+
+
+def _mxfp4_linear(
+    x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """x (n, in) @ W.T + bias for W (out, in) packed in MXFP4."""
+    if x.device.type == "cpu" and x.shape[0] <= FUSED_MAX_ROWS and mxfp4_cpu.available():
+        return mxfp4_cpu.mxfp4_linear(x, blocks, scales, bias)
+    return linear(x, dequantize(blocks, scales, x.dtype), bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear; a single row on CPU goes through torch.mv (about 20% faster in bf16 there)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x (n, in) @ w.T + b, w (out, in)."""
+    if x.shape[0] == 1 and x.dim() == 2 and x.device.type == "cpu":
+        y = torch.mv(w, x[0])
+        return (y if b is None else y + b)[None]
+    return F.linear(x, w, b)
 
 
 # --- rotary embedding --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -31,7 +32,8 @@ def load_model(
     """Load a gpt-oss checkpoint folder: reference (`original/`) or Hugging Face layout.
 
     device: default CUDA when available, else CPU. dtype: default the checkpoint's (bf16 for
-    the released weights). backend: "torch", or "triton" (not available yet); None picks torch.
+    the released weights). backend: "torch", or "triton" (the Triton kernels: CUDA, or CPU tensors
+    under TRITON_INTERPRET=1); None picks triton on CUDA when triton is installed, else torch.
     experts: "auto" keeps them as stored; "mxfp4" keeps them packed and dequantises each expert
     when used (gpt-oss-20b fits a 24 GiB machine this way); "dense" unpacks them at load.
     max_context: KV-cache length (default min(context_length, 8192)).
@@ -41,13 +43,18 @@ def load_model(
 
     if backend not in (None, "torch", "triton"):
         raise ValueError(f"unknown backend {backend!r} (torch or triton)")
-    if backend == "triton":
-        raise CheckpointError("the triton backend is not available yet; use backend='torch'")
     if experts not in ("auto", "dense", "mxfp4"):
         raise ValueError(f"unknown experts mode {experts!r} (auto, dense or mxfp4)")
     dev = torch.device(
         device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
     )
+    if backend is None:
+        backend = "triton" if dev.type == "cuda" and importlib.util.find_spec("triton") else "torch"
+    if backend == "triton" and dev.type != "cuda" and not _interpreting():
+        raise CheckpointError(
+            f"the triton backend needs a CUDA device (got {dev}); use backend='torch', or set "
+            "TRITON_INTERPRET=1 to run the kernels slowly on the CPU"
+        )
     if isinstance(dtype, str):
         dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
                  "float32": torch.float32}.get(dtype)  # fmt: skip
@@ -74,7 +81,22 @@ def load_model(
     model.load_state_dict(state, strict=True, assign=True)
     model.inv_freq = rope_inv_freq(config).to(dev)
     model.eval().requires_grad_(False)
+    if backend == "triton":
+        from .triton_backend import use_triton  # lazy: triton is optional
+
+        use_triton(model)
     return GptOss(model, max_context=max_context, keepalive=ckpt)
+
+
+def _interpreting() -> bool:
+    """Whether Triton kernels run under its CPU interpreter in this process."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    if "triton" not in sys.modules:
+        return False
+    from .triton_common import triton_interprets
+
+    return triton_interprets()
 
 
 def _stored(ckpt: Checkpoint, name: str) -> str:
@@ -88,7 +110,9 @@ def _convert(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.devic
         return t.to(device)
     if name.endswith(("norm.scale", "sinks")):
         return t.to(device, torch.float32)
-    return t.to(device, dtype)
+    # [out, in] row-major: a one-token decode reads each expert row contiguously (HF stores them
+    # transposed)
+    return t.to(device, dtype).contiguous()
 
 
 def _module_name(name: str) -> str:

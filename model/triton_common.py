@@ -79,7 +79,7 @@ def kernel_test_mode() -> Iterator[TestMode]:
     """
     old = os.environ.get("TRITON_INTERPRET")
     if old not in (None, "", "0") or not torch.cuda.is_available():
-        if sys.modules.get("triton") is not None and not _triton_interprets():
+        if sys.modules.get("triton") is not None and not triton_interprets():
             mode: TestMode = "unavailable"
         else:
             mode = "interpret"
@@ -98,7 +98,7 @@ def kernel_test_mode() -> Iterator[TestMode]:
             os.environ["TRITON_INTERPRET"] = old
 
 
-def _triton_interprets() -> bool:
+def triton_interprets() -> bool:
     """Whether the imported triton built its own jit functions for the interpreter."""
     import triton.language as tl
     from triton.runtime.interpreter import InterpretedFunction

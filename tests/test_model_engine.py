@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,17 @@ CONFIG = ModelConfig(
     intermediate_size=64, head_dim=16, num_attention_heads=4, num_key_value_heads=2,
     sliding_window=8,
 )  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one thread avoids oversubscription stalls on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 GREEDY = Sampling(temperature=0)
 PROMPT = [5, 9, 13, 2, 7, 7, 30, 41, 1, 0, 22, 63]
 
@@ -38,8 +50,9 @@ def model(folder: Path) -> GptOss:
 def naive_greedy(m: GptOss, prompt: list[int], n: int) -> list[int]:
     """Greedy decoding by full uncached forwards."""
     tokens = list(prompt)
-    for _ in range(n):
-        tokens.append(int(m.logits(tokens)[-1].argmax()))
+    with torch.inference_mode():
+        for _ in range(n):
+            tokens.append(int(m.transformer(torch.tensor(tokens))[-1].argmax()))
     return tokens[len(prompt) :]
 
 
@@ -69,7 +82,12 @@ def test_prefix_reuse_and_divergence(model: GptOss) -> None:
     longer = PROMPT + out + [3, 4]
     calls: list[int] = []
     original = model._forward
-    model._forward = lambda toks: calls.append(len(toks)) or original(toks)  # type: ignore[method-assign]
+
+    def counting(tokens: list[int]) -> torch.Tensor:
+        calls.append(len(tokens))
+        return original(tokens)
+
+    model._forward = counting  # type: ignore[method-assign]
     got = list(model.generate(longer, stop_tokens=[], max_tokens=6, sampling=GREEDY))
     assert sum(calls) - 5 == 3  # prefill ran only the last generated token and the 2 new ones
     assert got == naive_greedy(model, longer, 6)
@@ -145,3 +163,9 @@ def test_packed_and_dense_experts_agree(folder: Path) -> None:
     packed = load_model(folder, experts="mxfp4", progress=False)
     dense = load_model(folder, experts="dense", progress=False)
     torch.testing.assert_close(packed.logits(PROMPT), dense.logits(PROMPT), atol=1e-5, rtol=1e-5)
+
+
+def test_long_logits_are_chunked_and_equal(model: GptOss) -> None:
+    tokens = (PROMPT * 3)[:30]  # longer than prefill_chunk (5)
+    whole = model.transformer(torch.tensor(tokens)).float()
+    torch.testing.assert_close(model.logits(tokens), whole, atol=1e-5, rtol=1e-5)

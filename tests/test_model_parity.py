@@ -8,6 +8,7 @@ own MXFP4 dequantisation), so name mapping, transposes and dequantisation are ch
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,21 @@ import torch
 from model import load_model
 from model.checkpoint import write_random_checkpoint
 from model.config import ModelConfig
-from model.gpt_oss import KVCache, rope_cos_sin, rope_inv_freq
+from model.gpt_oss import Block, KVCache, rope_cos_sin, rope_inv_freq
 
 transformers = pytest.importorskip("transformers")
 from transformers import GptOssConfig, GptOssForCausalLM  # noqa: E402
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one thread avoids oversubscription stalls on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 CONFIGS = {
     # window 8 with 24 tokens; MQA; top-1 routing
@@ -66,7 +77,7 @@ def hf_config(c: ModelConfig) -> GptOssConfig:
             "truncate": False,
             "original_max_position_embeddings": 4096,
         },
-        attn_implementation="eager",
+        attn_implementation="eager",  # type: ignore[call-arg]
     )
 
 
@@ -165,7 +176,9 @@ def test_grouped_moe_matches_gather_reference(tmp_path: Path) -> None:
     c = CONFIGS["gqa-top4"]
     for mxfp4 in (True, False):
         folder = write_random_checkpoint(tmp_path / str(mxfp4), c, mxfp4=mxfp4, dtype=torch.float32)
-        mlp = load_model(folder, progress=False).transformer.block[1].mlp
+        block = load_model(folder, progress=False).transformer.block[1]
+        assert isinstance(block, Block)
+        mlp = block.mlp
         x = torch.randn(11, c.hidden_size)
         with torch.inference_mode():
             torch.testing.assert_close(mlp(x), mlp.forward_reference(x), atol=1e-5, rtol=1e-5)

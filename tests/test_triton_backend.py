@@ -20,7 +20,7 @@ from model.triton_common import kernel_test_mode
 
 with kernel_test_mode() as MODE:
     pytest.importorskip("triton")
-    from model.triton_backend import TritonAttentionBlock, TritonMLPBlock, use_triton
+    from model.triton_backend import TritonAttentionBlock, TritonMLPBlock
 
 if MODE == "unavailable":
     pytest.skip("triton imported without the interpreter: run in a subprocess by "
@@ -44,9 +44,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def load(folder: Path, triton: bool) -> GptOss:
-    m = load_model(folder, device=DEVICE, progress=False, max_context=32, experts="mxfp4")
-    if triton:
-        use_triton(m.transformer)
+    m = load_model(folder, device=DEVICE, backend="triton" if triton else "torch",
+                   progress=False, max_context=32, experts="mxfp4")  # fmt: skip
     m.prefill_chunk = 6  # two prefill chunks; the second one starts past the window
     return m
 

@@ -1,0 +1,66 @@
+"""The model subcommands: random-checkpoint, inspect, convert, bench."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import load_model
+from model.checkpoint import Checkpoint
+from model.cli import add_model_commands
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one thread avoids oversubscription stalls on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_model_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return int(args.handler(args))
+
+
+def test_random_inspect_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    assert run("random-checkpoint", str(src), "--preset", "tiny", "--layers", "2", "--dtype",
+               "fp32") == 0  # fmt: skip
+    assert Checkpoint(src).config.num_hidden_layers == 2 and Checkpoint(src).packed
+    assert run("inspect", str(src), "--tensors") == 0
+    out = capsys.readouterr().out
+    assert "original layout" in out and "experts MXFP4" in out
+    assert "block.1.mlp.mlp1_weight.blocks" in out and "KV cache" in out
+    assert run("convert", str(src), str(dst), "--layout", "hf", "--dense") == 0
+    assert Checkpoint(dst).layout == "hf" and not Checkpoint(dst).packed
+    a = load_model(src, progress=False).logits([1, 2, 3])
+    b = load_model(dst, progress=False).logits([1, 2, 3])
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("inspect", str(tmp_path / "missing")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no such checkpoint folder" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert run("convert", str(tmp_path / "missing"), str(tmp_path / "x"), "--layout", "hf") == 1
+
+
+def test_bench_runs_on_a_tiny_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--preset", "tiny", "--layers", "2", "--prompt-len", "12", "--decode", "3"]
+    args += ["--rounds", "1", "--bandwidth-mib", "16", "--threads", "1"]
+    args += ["--workdir", str(tmp_path)]
+    code = run("bench", *args)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "ours / transformers: decode" in out and "roofline" in out
