@@ -38,6 +38,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [
         SandboxUnavailable,
         CliError,
+        ValueError,  # e.g. a conversation longer than the model's context
         PluginError,
         TranscriptError,
         EncodingError,
@@ -245,8 +246,15 @@ def _load_model(args: argparse.Namespace) -> Any:
             "`huggingface-cli download openai/gpt-oss-20b --include 'original/*'`)"
         )
     from model import load_model
+    from model.encoding import VOCAB_SIZE
 
-    return load_model(path, device=args.device)
+    model = load_model(path, device=args.device)
+    if model.config.vocab_size < VOCAB_SIZE:
+        raise CliError(
+            f"{path}: its vocabulary has {model.config.vocab_size} tokens, fewer than harmony's "
+            f"{VOCAB_SIZE}: it cannot run as an agent"
+        )
+    return model
 
 
 def _scripted_model(path: str) -> ScriptedModel:

@@ -20,6 +20,8 @@ from openai_harmony import HarmonyEncoding, HarmonyEncodingName, load_harmony_en
 VOCAB_FILE = "o200k_base.tiktoken"
 VOCAB_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 ENV_VAR = "TIKTOKEN_ENCODINGS_BASE"
+VOCAB_SIZE = 201088
+"""Token ids of the harmony gpt-oss encoding (o200k plus harmony's special and reserved ids)."""
 
 
 class EncodingError(RuntimeError):

@@ -76,6 +76,14 @@ class GptOss:
         prompt = list(prompt)
         if not prompt:
             raise ValueError("prompt must not be empty")
+        if len(prompt) >= self.max_context:
+            raise ValueError(
+                f"the prompt has {len(prompt)} tokens, the model's context holds {self.max_context}"
+                " (load_model's max_context)"
+            )
+        vocab = self.config.vocab_size
+        if bad := [t for t in prompt if not 0 <= t < vocab]:
+            raise ValueError(f"token id {bad[0]} is outside the model's vocabulary of {vocab}")
         self._epoch += 1
         return self._generate(prompt, set(stop_tokens), max_tokens, sampling, self._epoch)
 
@@ -98,8 +106,8 @@ class GptOss:
             yield token  # the cache holds exactly self.cached here, `token` not yet included
             if epoch != self._epoch:
                 raise RuntimeError("this generator was superseded by a newer generate() call")
-            if token in stop or n == max_tokens - 1:
-                return
+            if token in stop or n == max_tokens - 1 or len(self.cached) >= self.max_context:
+                return  # (a full context ends generation like max_tokens would)
             logits = self._forward([token])
 
     def prefill(self, tokens: list[int]) -> torch.Tensor:

@@ -156,3 +156,53 @@ def test_chat_in_a_terminal(workdir: Path) -> None:
     saved = [json.loads(line) for line in (workdir / "saved.jsonl").read_text().splitlines()]
     assert saved[0]["message"]["role"] == "system"
     assert '"reasoning_effort": "High"' in json.dumps(saved[0])
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny gpt-oss with the full harmony vocabulary and random weights: its output is
+    garbage, which is the point."""
+    import dataclasses
+
+    from model.checkpoint import write_random_checkpoint
+    from model.config import PRESETS
+    from model.encoding import VOCAB_SIZE
+
+    config = dataclasses.replace(PRESETS["tiny"], vocab_size=VOCAB_SIZE)
+    return write_random_checkpoint(tmp_path_factory.mktemp("random"), config, seed=1)
+
+
+def test_run_on_a_random_checkpoint_ends_cleanly(workdir: Path, random_checkpoint: Path) -> None:
+    proc = cli(workdir, "run", "--model", str(random_checkpoint), "--max-tokens", "24",
+               "--temperature", "0", "hello")  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "⚠ max_total_tokens" in proc.stderr or "⚠ invalid_output" in proc.stderr
+
+
+def test_chat_on_a_random_checkpoint(workdir: Path, random_checkpoint: Path) -> None:
+    child = pexpect.spawn(
+        sys.executable, ["-m", "agent.cli", "chat", "--model", str(random_checkpoint),
+                         "--max-tokens", "16"],
+        cwd=str(workdir), env=env(workdir), encoding="utf-8", timeout=120, dimensions=(40, 100),
+    )  # fmt: skip
+    try:
+        child.expect("› ")
+        child.sendline("hello")
+        child.expect("⚠ (max_total_tokens|invalid_output)")
+        child.expect("› ")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_a_checkpoint_without_the_harmony_vocabulary_is_refused(workdir: Path) -> None:
+    from model.checkpoint import write_random_checkpoint
+    from model.config import PRESETS
+
+    folder = write_random_checkpoint(workdir / "small", PRESETS["tiny"])
+    proc = cli(workdir, "run", "--model", str(folder), "hi")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith("fewer than harmony's 201088: it cannot run as an agent")
