@@ -131,11 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     try:
         from model.cli import add_model_commands
+        from model.finetune_cli import add_finetune_command
     except ModuleNotFoundError as e:  # without torch there are no model utilities
         if e.name != "torch":
             raise
     else:
         add_model_commands(commands)
+        add_finetune_command(commands)
     return parser
 
 
@@ -198,7 +200,7 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="at most N model calls (default: 32)",
     )
-    parser.add_argument("--temperature", type=float, default=1.0, help="(default: 1.0)")
+    parser.add_argument("--temperature", type=float, help="(default: 1.0; 0 for the demo model)")
     parser.add_argument("--top-p", type=float, default=1.0, help="(default: 1.0)")
     parser.add_argument("--seed", type=int, help="seed for reproducible sampling")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
@@ -238,17 +240,19 @@ def _tools(args: argparse.Namespace) -> list[Tool]:
 def _load_model(args: argparse.Namespace) -> Any:
     if args.scripted:
         return _scripted_model(args.scripted)
-    path = args.model or os.environ.get(MODEL_ENV)
-    if not path:
-        raise CliError(
-            f"no model given: pass --model PATH or set {MODEL_ENV} to a gpt-oss checkpoint "
-            "folder (e.g. the Hugging Face repo openai/gpt-oss-20b, downloaded with "
-            "`huggingface-cli download openai/gpt-oss-20b --include 'original/*'`)"
-        )
+    path = args.model or os.environ[MODEL_ENV]
     from model import load_model
+    from model.checkpoint import CheckpointError
     from model.encoding import VOCAB_SIZE
 
-    model = load_model(path, device=args.device)
+    try:
+        model = load_model(path, device=args.device)
+    except CheckpointError as e:
+        raise CliError(
+            f"{e} (a gpt-oss checkpoint folder holds config.json and *.safetensors, directly "
+            "or under original/; get one with `huggingface-cli download openai/gpt-oss-20b "
+            "--include 'original/*' --local-dir gpt-oss-20b`)"
+        ) from None
     if model.config.vocab_size < VOCAB_SIZE:
         raise CliError(
             f"{path}: its vocabulary has {model.config.vocab_size} tokens, fewer than harmony's "
@@ -282,10 +286,14 @@ def _scripted_model(path: str) -> ScriptedModel:
 
 
 def _agent(args: argparse.Namespace) -> Agent:
+    demo = not (args.model or args.scripted or os.environ.get(MODEL_ENV))
+    temperature = args.temperature if args.temperature is not None else 0.0 if demo else 1.0
     try:
-        sampling = Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        sampling = Sampling(temperature=temperature, top_p=args.top_p, seed=args.seed)
     except ValueError as e:
         raise CliError(str(e)) from None
+    if demo:
+        return _demo_agent(args, sampling)
     tools = _tools(args)  # before the model: a bad --tools fails fast
     return Agent(
         _load_model(args),
@@ -295,6 +303,37 @@ def _agent(args: argparse.Namespace) -> Agent:
         sampling=sampling,
         max_steps=args.max_steps,
         max_total_tokens=args.max_tokens,
+    )
+
+
+def _demo_agent(args: argparse.Namespace, sampling: Sampling) -> Agent:
+    """The built-in demo model, with exactly the prompt it was trained on."""
+    from model.demo import DEMO_CURRENT_DATE, load_demo_model
+    from model.demo.task import convert_units
+    from tools import PythonTool, function_tool
+
+    if args.tool_refs or args.browser or args.instructions:
+        raise CliError(
+            "the built-in demo model knows only its own tools and no instructions; drop "
+            "--tools/--browser/--instructions, or give a gpt-oss checkpoint with --model PATH"
+        )
+    print(
+        "No model given: using the built-in demo model (a tiny gpt-oss trained for arithmetic and "
+        f"unit conversions). For gpt-oss weights use --model PATH or ${MODEL_ENV}.",
+        file=sys.stderr,
+    )
+    return Agent(
+        load_demo_model(device=args.device, progress=False),
+        tools=[
+            PythonTool(dangerously_allow_unsandboxed=args.python_unsandboxed),
+            function_tool(convert_units),
+        ],
+        reasoning_effort="medium",
+        sampling=sampling,
+        max_steps=args.max_steps,
+        max_turn_tokens=256,
+        max_total_tokens=args.max_tokens,
+        current_date=DEMO_CURRENT_DATE,
     )
 
 

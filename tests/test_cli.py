@@ -90,11 +90,8 @@ def test_transcript_and_continue(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (
-            ["run", "hi"],
-            "harmony-agent: error: no model given: pass --model PATH or set HARMONY_AGENT_MODEL",
-        ),
         (["run", "--model", "no/such/folder", "hi"], "no/such/folder"),
+        (["run", "--model", ".", "hi"], "huggingface-cli download openai/gpt-oss-20b"),
         (["run", "--scripted", "missing.json", "hi"], "cannot read scripted turns missing.json"),
         (["run", "--scripted", "turns.json", "--tools", "nope:add", "hi"], "cannot import 'nope'"),
         (
@@ -108,6 +105,17 @@ def test_bad_input_is_one_line(workdir: Path, args: list[str], message: str) -> 
     assert proc.returncode == 1
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_the_demo_model_answers_without_any_model_given(workdir: Path) -> None:
+    environment = {k: v for k, v in env(workdir).items() if k != "HARMONY_AGENT_MODEL"}
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "run", "What is 37 * 41 + 5?"],
+                          cwd=workdir, env=environment, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "37 * 41 + 5 = 1522\n"
+    assert proc.stderr.startswith("No model given: using the built-in demo model")
+    assert "print(37 * 41 + 5)" in proc.stderr
 
 
 def test_bad_command_line_exits_2(workdir: Path) -> None:

@@ -1,0 +1,270 @@
+"""Make and measure the demo model (model/demo/demo.safetensors).
+
+    python benchmarks/demo_model.py data --out /tmp/demo       # transcripts (train.jsonl)
+    python benchmarks/demo_model.py train --data /tmp/demo/train.jsonl  # -> demo.safetensors
+    python benchmarks/demo_model.py eval [--count 100] [--dense-weights FILE]  # via the agent
+
+`data` renders the synthetic task (`model.demo.task`) with the agent's own system and developer
+messages (`Agent.preamble()` for the demo tools, current date `DEMO_CURRENT_DATE`), so the model
+is trained on exactly what the agent shows it. `train` trains the demo shape from scratch on
+CPU (compact vocabulary, fp32, dense experts, then a few quantisation-aware steps) and writes the
+compact file. `eval` answers held-out questions through `Agent` with the sandboxed python tool at
+temperature 0 and prints the accuracy and decode speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEMO_CONFIG = {
+    "num_hidden_layers": 4,
+    "num_experts": 8,
+    "experts_per_token": 2,
+    "vocab_size": 201088,
+    "hidden_size": 128,
+    "intermediate_size": 128,
+    "swiglu_limit": 7.0,
+    "head_dim": 32,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "sliding_window": 64,
+    "initial_context_length": 4096,
+    "rope_theta": 150000.0,
+    "rope_scaling_factor": 32.0,
+    "rope_ntk_alpha": 1.0,
+    "rope_ntk_beta": 32.0,
+}
+
+
+def demo_agent(model: object, *, python: bool = True, current_date: str | None = None) -> object:
+    """The agent the demo model was trained for: the python tool and `convert_units`."""
+    from agent import Agent
+    from model import Sampling
+    from model.demo.task import convert_units
+    from tools import function_tool
+
+    tools: list = [function_tool(convert_units)]
+    if python:
+        from tools.python_tool import PythonTool
+
+        tools.insert(0, PythonTool())
+    return Agent(model, tools=tools, sampling=Sampling(temperature=0), current_date=current_date,
+                 max_steps=4, max_turn_tokens=256)  # fmt: skip
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from model import ScriptedModel
+    from model.demo.task import write_transcripts
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def preamble(date: str) -> list:
+        agent = demo_agent(ScriptedModel([]), python=True, current_date=date)
+        return agent.preamble()  # type: ignore[attr-defined]
+
+    write_transcripts(str(out / "train.jsonl"), args.count, seed=args.seed, preamble=preamble)
+    print(f"{args.count} conversations -> {out / 'train.jsonl'}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from model.config import ModelConfig
+    from model.encoding import harmony_encoding
+    from model.finetune import (
+        CompactVocab,
+        FinetuneConfig,
+        finetune,
+        init_transformer,
+        load_examples,
+        progress_printer,
+        save_compact,
+        shrink_vocab,
+        tie_embeddings,
+        used_tokens,
+        zero_rows_outside,
+    )
+
+    torch.set_num_threads(args.threads)
+    encoding = harmony_encoding()
+    examples = load_examples([args.data], encoding=encoding)
+    config = ModelConfig(**DEMO_CONFIG)
+    vocab = CompactVocab(used_tokens(examples, encoding), config.vocab_size)
+    tf = init_transformer(config, seed=args.seed)
+    zero_rows_outside(tf, vocab.ids.tolist())
+    shrink_vocab(tf, vocab)
+    tie_embeddings(tf)
+    fix_number_rows(tf, vocab, encoding, args.embedding_std)
+    if args.resume:  # continue from a --dense-out file of an earlier run on the same data
+        saved = torch.load(args.resume)
+        if not torch.equal(saved["ids"], vocab.ids):
+            raise SystemExit(f"{args.resume}: trained on another vocabulary")
+        tf.load_state_dict(saved["state"])
+        tie_embeddings(tf)
+    mean = sum(len(e.tokens) for e in examples) / len(examples)
+    print(f"{len(examples)} examples, {len(vocab)} kept tokens, {mean:.0f} tokens/example")
+    settings = FinetuneConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=50,
+        seed=args.seed,
+        quantization_aware_steps=args.qat_steps,
+    )
+    show, close = progress_printer(settings.steps, every=25)
+
+    def on_step(step: int, loss: float, tps: float) -> None:
+        show(step, loss, tps)
+        if args.dense_out and step % 250 == 0:  # a run cut short still leaves weights
+            torch.save({"state": tf.state_dict(), "ids": vocab.ids, "step": step}, args.dense_out)
+
+    try:
+        stats = finetune(tf, examples, settings, vocab=vocab, on_step=on_step)
+    finally:
+        close()
+    if args.dense_out:
+        torch.save({"state": tf.state_dict(), "ids": vocab.ids}, args.dense_out)
+    meta = {
+        "trained": json.dumps({
+            "command": " ".join(sys.argv), "seconds": round(stats.seconds, 1),
+            "final_loss": round(sum(stats.losses[-20:]) / len(stats.losses[-20:]), 5),
+            "tokens_per_second": round(stats.tokens_per_second),
+        }),
+    }  # fmt: skip
+    path = save_compact(tf, vocab, args.out, metadata=meta)
+    size = path.stat().st_size / 1e6
+    print(f"trained in {stats.seconds:.0f} s ({stats.tokens_per_second:,.0f} tok/s), "
+          f"loss {stats.losses[-1]:.4f} -> {path} ({size:.2f} MB)")  # fmt: skip
+
+
+def fix_number_rows(tf: Any, vocab: Any, encoding: Any, std: float) -> None:
+    """Draw every (tied) embedding row at `std` and freeze the rows of number tokens.
+
+    The model must copy numbers it has rarely or never seen (900 three-digit tokens, a handful of
+    examples each). Trained rows of rare tokens stay small and unlike the frequent ones, and
+    copying them fails; frozen random rows all look alike, so the copying circuit learned on
+    frequent numbers works for every number.
+    """
+    import torch
+
+    numbers = torch.zeros(len(vocab), dtype=torch.bool)
+    for i, token in enumerate(vocab.ids.tolist()):
+        numbers[i] = encoding.decode([token]).isdigit()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        tf.embedding.weight.copy_(torch.randn(tf.embedding.weight.shape, generator=g) * std)
+    keep = (~numbers).float()[:, None]
+    tf.embedding.weight.register_hook(lambda grad: grad * keep)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from model.demo import DEMO_CURRENT_DATE, load_demo_model
+    from model.demo.task import held_out_tasks, training_questions
+
+    torch.set_num_threads(args.threads)
+    if args.dense_weights:
+        model = _dense_model(args.dense_weights)
+    else:
+        model = load_demo_model(args.weights)
+    tasks = held_out_tasks(args.count, seed=args.seed, exclude=training_questions())
+    agent = demo_agent(model, python=not args.no_python, current_date=DEMO_CURRENT_DATE)
+    right, tokens, seconds = 0, 0, 0.0
+    with agent:  # type: ignore[attr-defined]
+        for task in tasks:
+            result = agent.run(task.question)  # type: ignore[attr-defined]
+            ok = result.final is not None and result.final.strip() == task.answer
+            right += ok
+            tokens += result.usage.output_tokens
+            seconds += result.usage.model_seconds
+            if not ok or args.verbose:
+                print(f"{'ok ' if ok else 'BAD'} {task.question!r} -> {result.final!r} "
+                      f"({result.status}; want {task.answer!r})")  # fmt: skip
+    print(f"held-out accuracy {right}/{len(tasks)} = {right / len(tasks):.1%}; "
+          f"{tokens / seconds:.0f} tok/s generated in the agent (prefill included)")  # fmt: skip
+    prompt = agent.preamble()  # type: ignore[attr-defined]
+    print(f"decode {decode_speed(model, prompt):.0f} tok/s (batch 1, KV cache, "
+          f"{torch.get_num_threads()} thread(s))")  # fmt: skip
+
+
+def decode_speed(model: object, preamble: list, n: int = 200) -> float:
+    """Tokens per second of greedy decoding alone, after a prefilled harmony prompt."""
+    from openai_harmony import Conversation, Message, Role
+
+    from model import Sampling, harmony_encoding
+
+    enc = harmony_encoding()
+    messages = [*preamble, Message.from_role_and_content(Role.USER, "What is 37 * 41 + 5?")]
+    prompt = enc.render_conversation_for_completion(
+        Conversation.from_messages(messages), Role.ASSISTANT
+    )
+    greedy = Sampling(temperature=0)
+    list(model.generate(prompt, stop_tokens=set(), max_tokens=1, sampling=greedy))  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    count = len(list(model.generate(prompt, stop_tokens=set(), max_tokens=n, sampling=greedy)))  # type: ignore[attr-defined]
+    return (count - 1) / (time.perf_counter() - started)  # the first token comes from the prefill
+
+
+def _dense_model(path: str) -> object:
+    """The fp32 dense-expert weights saved by `train --dense-out`, as a loaded model (no MXFP4)."""
+    import tempfile
+
+    import torch
+
+    from model import load_model
+    from model.config import ModelConfig
+    from model.finetune import CompactVocab, export_checkpoint
+    from model.gpt_oss import Transformer
+
+    saved = torch.load(path)
+    vocab = CompactVocab(saved["ids"].tolist(), DEMO_CONFIG["vocab_size"])
+    tf = Transformer(ModelConfig(**{**DEMO_CONFIG, "vocab_size": len(vocab)}))
+    tf.load_state_dict(saved["state"])
+    folder = tempfile.mkdtemp(prefix="demo-dense-")
+    export_checkpoint(tf, folder, vocab=vocab, mxfp4=False, dtype=torch.float32)
+    return load_model(folder)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data")
+    d.add_argument("--out", required=True)
+    d.add_argument("--count", type=int, default=6000)
+    d.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("train")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", default=str(ROOT / "model" / "demo" / "demo.safetensors"))
+    t.add_argument("--dense-out", help="also save the dense fp32 compact weights (torch.save)")
+    t.add_argument("--steps", type=int, default=1200)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--qat-steps", type=int, default=100)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--embedding-std", type=float, default=0.3)
+    t.add_argument("--resume", help="a --dense-out file to continue training from")
+    t.add_argument("--threads", type=int, default=2)
+    e = sub.add_parser("eval")
+    e.add_argument("--weights", help="a compact file (default: the shipped one)")
+    e.add_argument("--count", type=int, default=50)
+    e.add_argument("--seed", type=int, default=10_000)
+    e.add_argument("--dense-weights", help="the --dense-out file of train: accuracy before MXFP4")
+    e.add_argument("--no-python", action="store_true")
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--verbose", action="store_true")
+    args = p.parse_args()
+    {"data": cmd_data, "train": cmd_train, "eval": cmd_eval}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

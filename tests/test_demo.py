@@ -1,0 +1,121 @@
+"""The demo model and its synthetic task: the task's answers are right, its transcripts train, the
+shipped file is small and loads through `load_model`, and the model answers held-out questions
+through the real agent loop with the sandboxed python tool, greedily."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from openai_harmony import Message, Role, SystemContent
+
+from model import Sampling, harmony_encoding
+from model.demo import DEMO_CURRENT_DATE, WEIGHTS, demo_model_path, load_demo_model
+from model.demo.task import (
+    convert_units,
+    held_out_tasks,
+    task_messages,
+    training_questions,
+    write_transcripts,
+)
+from model.finetune import load_examples
+
+HELD_OUT = 24
+"""Held-out questions in CI: a few seconds of CPU each, python tool included."""
+
+
+def test_task_answers_are_right() -> None:
+    for task in held_out_tasks(300):
+        if task.kind == "arithmetic":
+            expr = task.call.removeprefix("print(").removesuffix(")")
+            assert task.result == str(eval(expr))
+            assert expr in task.question and task.answer == f"{expr} = {task.result}"
+        else:
+            args = json.loads(task.call)
+            assert json.loads(task.result) == convert_units(**args)
+            assert str(args["value"]) in task.question and task.result in task.answer
+    assert convert_units(100, "celsius", "fahrenheit") == 212.0
+    with pytest.raises(ValueError, match="cannot convert km to kg"):
+        convert_units(1, "km", "kg")
+
+
+def test_training_questions_are_those_of_the_training_files(tmp_path: Path) -> None:
+    system = Message.from_role_and_content(Role.SYSTEM, SystemContent.new())
+    tasks = write_transcripts(str(tmp_path / "t.jsonl"), 50, seed=7, preamble=lambda d: [system])
+    assert {t.question for t in tasks} == training_questions([(7, 50)])
+    train = training_questions()
+    held = held_out_tasks(200, exclude=train)
+    assert not any(t.question in train for t in held)
+
+
+def test_task_transcripts_are_training_examples(tmp_path: Path) -> None:
+    system = Message.from_role_and_content(
+        Role.SYSTEM, SystemContent.new().with_conversation_start_date(DEMO_CURRENT_DATE)
+    )
+    path = tmp_path / "train.jsonl"
+    tasks = write_transcripts(str(path), 5, seed=3, preamble=lambda date: [system])
+    examples = load_examples([path])
+    assert len(examples) == 5
+    enc = harmony_encoding()
+    for task, example in zip(tasks, examples, strict=True):
+        text = enc.decode(example.tokens)
+        assert text.endswith(f"<|channel|>final<|message|>{task.answer}<|return|>")
+        assert f"<|message|>{task.call}<|call|>" in text
+    assert task_messages(tasks[0], [system])[0] is system
+
+
+def test_shipped_weights_are_small_and_load() -> None:
+    assert WEIGHTS.stat().st_size < 4_000_000
+    model = load_demo_model()
+    config = model.config
+    assert config.vocab_size == 201088  # the real o200k harmony vocabulary
+    assert config.num_hidden_layers >= 2 and config.num_experts > config.experts_per_token
+    assert type(model.transformer.block[0].mlp.experts).__name__ == "MXFP4Experts"
+    assert model.transformer.block[0].attn.window is not None  # sliding layer
+    assert model.transformer.block[1].attn.window is None  # full layer
+    assert demo_model_path() == demo_model_path()  # expanded once
+    logits = model.logits([200006, 200008])
+    assert logits.shape == (2, 201088) and torch.isfinite(logits).all()
+
+
+def _sandbox_missing() -> str | None:
+    try:
+        from sandbox import SandboxUnavailable, probe
+    except ImportError as e:
+        return str(e)
+    try:
+        probe()
+    except SandboxUnavailable as e:
+        return str(e)
+    return None
+
+
+_MISSING = _sandbox_missing()
+
+
+@pytest.mark.skipif(_MISSING is not None and not os.environ.get("CI"), reason=f"{_MISSING}")
+def test_demo_model_answers_held_out_questions_through_the_agent() -> None:
+    from agent import Agent
+    from tools import function_tool
+    from tools.python_tool import PythonTool
+
+    torch.set_num_threads(1)
+    tasks = held_out_tasks(HELD_OUT, exclude=training_questions())
+    model = load_demo_model()
+    tools = [PythonTool(), function_tool(convert_units)]
+    right, wrong = 0, []
+    greedy = Sampling(temperature=0)
+    with Agent(model, tools=tools, sampling=greedy, current_date=DEMO_CURRENT_DATE,
+               max_steps=4, max_turn_tokens=256) as agent:  # fmt: skip
+        for task in tasks:
+            result = agent.run(task.question)
+            calls = [m.recipient for m in result.messages if m.recipient not in (None, "assistant")]
+            if result.final == task.answer and calls == [task.recipient]:
+                right += 1
+            else:
+                wrong.append((task.question, result.status, result.final))
+    assert {t.kind for t in tasks} == {"arithmetic", "convert"}
+    assert right / len(tasks) >= 0.95, wrong
