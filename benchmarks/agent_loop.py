@@ -11,7 +11,6 @@ from __future__ import annotations
 import statistics
 import time
 
-
 from openai_harmony import Role, StreamableParser
 
 from agent import Agent
