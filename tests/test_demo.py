@@ -5,11 +5,11 @@ through the real agent loop with the sandboxed python tool, greedily."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from _support import requires_sandbox
 from openai_harmony import Message, Role, SystemContent
 
 from model import Sampling, harmony_encoding
@@ -81,22 +81,7 @@ def test_shipped_weights_are_small_and_load() -> None:
     assert logits.shape == (2, 201088) and torch.isfinite(logits).all()
 
 
-def _sandbox_missing() -> str | None:
-    try:
-        from sandbox import SandboxUnavailable, probe
-    except ImportError as e:
-        return str(e)
-    try:
-        probe()
-    except SandboxUnavailable as e:
-        return str(e)
-    return None
-
-
-_MISSING = _sandbox_missing()
-
-
-@pytest.mark.skipif(_MISSING is not None and not os.environ.get("CI"), reason=f"{_MISSING}")
+@requires_sandbox
 def test_demo_model_answers_held_out_questions_through_the_agent() -> None:
     from agent import Agent
     from tools import function_tool

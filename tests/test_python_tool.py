@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _support import requires_sandbox
 
 import sandbox.process as sandbox_process
-from sandbox import SandboxConfig, SandboxUnavailable, probe
+from sandbox import SandboxConfig, SandboxUnavailable
 from tools.base import ToolCall
 from tools.python_tool import PythonTool
 
@@ -36,19 +37,7 @@ PNG_1PX = (
 )
 
 
-def _sandbox_missing() -> str | None:
-    try:
-        probe()
-    except SandboxUnavailable as e:
-        return str(e)
-    return None
-
-
-_MISSING = _sandbox_missing()
-if _MISSING and os.environ.get("CI"):
-    # In CI the sandbox must exist: a skip would hide a missing install step.
-    raise RuntimeError(f"the python sandbox is unavailable in CI: {_MISSING}")
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"no sandbox here: {_MISSING}")
+pytestmark = requires_sandbox
 
 
 class Runner:

@@ -5,30 +5,19 @@ from __future__ import annotations
 import os
 import secrets
 
-import pytest
+from _support import requires_sandbox
 from openai_harmony import Role
 
 from agent import Agent
 from model import ScriptedModel
-from sandbox import SandboxConfig, SandboxUnavailable, probe
+from sandbox import SandboxConfig
 from tools.python_tool import PythonTool
 
 MiB = 1 << 20
 FINAL = "<|channel|>final<|message|>done<|return|>"
 
 
-def _sandbox_missing() -> str | None:
-    try:
-        probe()
-    except SandboxUnavailable as e:
-        return str(e)
-    return None
-
-
-_MISSING = _sandbox_missing()
-if _MISSING and os.environ.get("CI"):
-    raise RuntimeError(f"the python sandbox is unavailable in CI: {_MISSING}")
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"no sandbox here: {_MISSING}")
+pytestmark = requires_sandbox
 
 
 def call(code: str) -> str:

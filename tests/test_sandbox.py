@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _support import requires_sandbox
 
 import sandbox.process as sandbox_process
 from sandbox import SandboxConfig, SandboxUnavailable, probe, run, spawn
@@ -22,18 +23,7 @@ from sandbox import SandboxConfig, SandboxUnavailable, probe, run, spawn
 MiB = 1 << 20
 
 
-def _sandbox_missing() -> str | None:
-    try:
-        probe()
-    except SandboxUnavailable as e:
-        return str(e)
-    return None
-
-
-_MISSING = _sandbox_missing()
-if _MISSING and os.environ.get("CI"):
-    raise RuntimeError(f"the sandbox is unavailable in CI: {_MISSING}")
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"no sandbox here: {_MISSING}")
+pytestmark = requires_sandbox
 
 
 def py(code: str, scratch: Path, config: SandboxConfig | None = None) -> str:
