@@ -17,6 +17,7 @@ from tools import FunctionTool
 from tools.plugins import PluginError, installed_plugins, load_reference
 
 from .agent import Agent
+from .batch import BatchError
 from .terminal import EventView
 from .toolbox import Tool
 from .transcript import TranscriptError
@@ -42,6 +43,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         PluginError,
         TranscriptError,
         EncodingError,
+        BatchError,
         OSError,
     ]
     try:
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one task. The answer goes to stdout; reasoning, tool calls and the "
         "run's status go to stderr.",
     )
-    run.add_argument("task", help="what to do")
+    run.add_argument("task", nargs="?", help="what to do")
     _add_agent_options(run)
     run.add_argument(
         "--json",
@@ -103,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the conversation saved in this transcript",
     )
     run.add_argument("--quiet", action="store_true", help="print only the answer")
+    run.add_argument(
+        "--batch",
+        metavar="TASKS",
+        help='run every task of a JSONL file (lines {"id": ..., "task": "..."} or strings); '
+        "one result line each goes to --output; rerunning skips tasks already answered",
+    )
+    run.add_argument(
+        "--output",
+        metavar="FILE",
+        help="where --batch writes results (default: TASKS.results.jsonl)",
+    )
     run.set_defaults(handler=_run)
 
     chat = commands.add_parser(
@@ -340,6 +353,14 @@ def _demo_agent(args: argparse.Namespace, sampling: Sampling) -> Agent:
 def _run(args: argparse.Namespace) -> int:
     from .transcript import load_transcript
 
+    if args.batch:
+        if args.task or args.resume or args.transcript:
+            raise CliError("--batch runs the tasks of its file: give no task, --continue or "
+                           "--transcript with it")  # fmt: skip
+        return _run_batch(args)
+    if not args.task:
+        raise CliError('no task given: harmony-agent run "what to do" (or --batch TASKS)')
+
     history = load_transcript(args.resume) if args.resume else None
     transcript = args.transcript or args.resume
     with _agent(args) as agent:
@@ -353,6 +374,23 @@ def _run(args: argparse.Namespace) -> int:
         elif result.final is not None:
             print(_citation_resolver(agent)(result.final))
     return EXIT_OK if result.status == "completed" else EXIT_UNFINISHED
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from .batch import read_tasks, run_batch
+
+    tasks = read_tasks(args.batch)
+    output = args.output or str(Path(args.batch).with_suffix("")) + ".results.jsonl"
+    console = Console(stderr=True, highlight=False)
+    unfinished = 0
+    with _agent(args) as agent:
+        for task, result in run_batch(agent, tasks, output):
+            unfinished += result.status != "completed"
+            if not args.quiet:
+                console.print(f"{task.id}: {result.status} ({result.usage.seconds:.1f} s)")
+    if not args.quiet:
+        console.print(f"results in {output}")
+    return EXIT_OK if unfinished == 0 else EXIT_UNFINISHED
 
 
 def _chat(args: argparse.Namespace) -> int:

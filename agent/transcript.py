@@ -31,15 +31,8 @@ class TranscriptWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.is_new = not self.path.exists() or self.path.stat().st_size == 0
         if not self.is_new:
-            self._drop_torn_line()
+            drop_torn_line(self.path)
         self._file: IO[str] = self.path.open("a", encoding="utf-8")
-
-    def _drop_torn_line(self) -> None:
-        # A crash mid-write leaves a last line without its newline: that record never finished.
-        with self.path.open("rb+") as f:
-            data = f.read()
-            if not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
 
     def _write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -60,6 +53,14 @@ class TranscriptWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def drop_torn_line(path: Path) -> None:
+    """Cut a last line left without its newline: a crash mid-write, a record never finished."""
+    with path.open("rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def load_transcript(path: str | os.PathLike[str]) -> list[Message]:

@@ -214,3 +214,33 @@ def test_a_checkpoint_without_the_harmony_vocabulary_is_refused(workdir: Path) -
     proc = cli(workdir, "run", "--model", str(folder), "hi")
     assert proc.returncode == 1
     assert proc.stderr.strip().endswith("fewer than harmony's 201088: it cannot run as an agent")
+
+
+def test_batch_is_resumable(workdir: Path) -> None:
+    tasks = workdir / "tasks.jsonl"
+    tasks.write_text('{"id": "a", "task": "one"}\n"two"\n{"id": "c", "task": "three"}\n')
+    answers = [f"<|channel|>final<|message|>answer {i}<|return|>" for i in range(3)]
+    # The model dies after two tasks (it has only two turns): an interrupted batch.
+    (workdir / "two.json").write_text(json.dumps(answers[:2]))
+    first = cli(workdir, "run", "--scripted", "two.json", "--batch", "tasks.jsonl")
+    assert first.returncode != 0
+    results = workdir / "tasks.results.jsonl"
+    assert [json.loads(line)["id"] for line in results.read_text().splitlines()] == ["a", "2"]
+    # Rerun: only the task without a result runs.
+    (workdir / "one.json").write_text(json.dumps(answers[2:]))
+    second = cli(workdir, "run", "--scripted", "one.json", "--batch", "tasks.jsonl")
+    assert second.returncode == 0, second.stderr
+    assert "c: completed" in second.stderr
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["id"], r["task"], r["final"], r["status"]) for r in lines] == [
+        ("a", "one", "answer 0", "completed"),
+        ("2", "two", "answer 1", "completed"),
+        ("c", "three", "answer 2", "completed"),
+    ]
+
+
+def test_bad_batch_file(workdir: Path) -> None:
+    (workdir / "bad.jsonl").write_text('{"id": 1, "task": "x"}\n{"id": 1, "task": "y"}\n')
+    proc = cli(workdir, "run", "--scripted", "turns.json", "--batch", "bad.jsonl")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "harmony-agent: error: bad.jsonl: duplicate task ids: 1"
