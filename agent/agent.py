@@ -197,7 +197,7 @@ class Agent:
                         except HarmonyError as e:
                             error = f"the model's output is not valid harmony ({e})"
                             break
-                        if (delta := parser.last_content_delta) is not None and delta:
+                        if delta := parser.last_content_delta:
                             yield _delta_event(parser, delta)
                         while len(parser.messages) > len(turn):
                             turn.append(parser.messages[len(turn)])
