@@ -50,11 +50,16 @@ def add_model_commands(subparsers: Any) -> None:
     group.add_argument("--dense", action="store_true", help="dequantise MXFP4 experts")
     p.set_defaults(handler=_guard(_convert))
 
-    p = subparsers.add_parser("bench", help="CPU prefill/decode speed vs transformers")
+    p = subparsers.add_parser(
+        "bench",
+        help="prefill/decode speed: CPU vs transformers, or a full-size model on --device cuda",
+    )
     p.add_argument("--checkpoint", type=Path, help="benchmark this checkpoint instead")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/harmony-agent-bench"))
     p.add_argument("--preset", choices=["20b", "120b", "tiny"], default="20b")
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument(
+        "--layers", type=int, help="layers (default: 4 on CPU, the whole model on a GPU)"
+    )
     p.add_argument("--experts", type=int, help="number of experts (default: the preset's)")
     p.add_argument("--vocab", type=int, help="vocabulary size (default: the preset's)")
     p.add_argument("--prompt-len", type=int, default=128)
@@ -64,6 +69,24 @@ def add_model_commands(subparsers: Any) -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
     p.add_argument("--bandwidth-mib", type=int, default=1024, help="size of the copy test")
     p.add_argument("--no-transformers", action="store_true", help="skip the reference run")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu: a slice vs transformers; cuda: the full-size model with random MXFP4 weights",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["triton", "torch"],
+        default="triton",
+        help="on a GPU (default: triton)",
+    )
+    p.add_argument(
+        "--prompt-lens",
+        type=int,
+        nargs="+",
+        default=[2048, 8192],
+        help="on a GPU: prompt lengths to time (default: 2048 8192)",
+    )
     p.set_defaults(handler=_guard(_bench))
 
 
@@ -150,13 +173,22 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.device != "cpu":
+        from .bench_device import run_device_bench
+
+        run_device_bench(
+            preset=args.preset, layers=args.layers, device=args.device, backend=args.backend,
+            prompt_lens=args.prompt_lens, decode_tokens=args.decode,
+            out=args.workdir / "last_device_bench.json",
+        )  # fmt: skip
+        return 0
     from .bench import run_bench
 
     run_bench(
         checkpoint=args.checkpoint,
         workdir=args.workdir,
         preset=args.preset,
-        layers=args.layers,
+        layers=args.layers or 4,
         experts=args.experts,
         vocab=args.vocab,
         prompt_len=args.prompt_len,

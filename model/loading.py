@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from .checkpoint import Checkpoint, CheckpointError, repack
+from .config import ModelConfig
 from .gpt_oss import Transformer, rope_inv_freq
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ def load_model(
     max_context: KV-cache length (default min(context_length, 8192)).
     progress: a progress bar on stderr; None shows it only on a terminal.
     """
-    from .engine import GptOss
 
     if backend not in (None, "torch", "triton"):
         raise ValueError(f"unknown backend {backend!r} (torch or triton)")
@@ -73,19 +73,39 @@ def load_model(
         if not dtype.is_floating_point:
             raise CheckpointError(f"{ckpt.folder}: embedding.weight is not floating point")
 
+    tensors = repack(_progress(ckpt.tensors(), ckpt, progress), packed, dtype)
+    return build_model(
+        config, tensors, packed=packed, dtype=dtype, device=dev, backend=backend,
+        max_context=max_context, keepalive=ckpt,
+    )  # fmt: skip
+
+
+def build_model(
+    config: ModelConfig,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    *,
+    packed: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    backend: str,
+    max_context: int | None = None,
+    keepalive: object = None,
+) -> GptOss:
+    """The engine over a Transformer assembled from (reference name, tensor) pairs, placed on
+    `device` one tensor at a time (nothing is materialised twice)."""
+    from .engine import GptOss
+
     with torch.device("meta"):
         model = Transformer(config, packed_experts=packed)
-    state: dict[str, torch.Tensor] = {}
-    for name, t in repack(_progress(ckpt.tensors(), ckpt, progress), packed, dtype):
-        state[_module_name(name)] = _convert(name, t, dtype, dev)
+    state = {_module_name(name): _convert(name, t, dtype, device) for name, t in tensors}
     model.load_state_dict(state, strict=True, assign=True)
-    model.inv_freq = rope_inv_freq(config).to(dev)
+    model.inv_freq = rope_inv_freq(config).to(device)
     model.eval().requires_grad_(False)
     if backend == "triton":
         from .triton_backend import use_triton  # lazy: triton is optional
 
         use_triton(model)
-    return GptOss(model, max_context=max_context, keepalive=ckpt)
+    return GptOss(model, max_context=max_context, keepalive=keepalive)
 
 
 def _interpreting() -> bool:

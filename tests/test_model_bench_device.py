@@ -1,0 +1,35 @@
+"""The GPU benchmark's code path, run small on the CPU (its figures mean something on a GPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from model.bench import decode_bytes_per_token
+from model.bench_device import packed_decode_bytes, run_device_bench
+from model.config import PRESETS
+
+
+def test_device_bench_runs_and_reports(tmp_path: Path) -> None:
+    lines: list[str] = []
+    summary = run_device_bench(
+        preset="tiny", device="cpu", backend="torch", prompt_lens=(24, 40), decode_tokens=4,
+        out=tmp_path / "bench.json", print_fn=lines.append,
+    )  # fmt: skip
+    rows = summary["results"]
+    assert [r["prompt_tokens"] for r in rows] == [24, 40]  # type: ignore[index]
+    assert all(r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 for r in rows)  # type: ignore[union-attr]
+    assert json.loads((tmp_path / "bench.json").read_text())["preset"] == "tiny"
+    assert lines[0].startswith("gpt-oss-tiny (4 layers, random MXFP4 experts) on cpu")
+
+
+def test_packed_experts_count_at_4_25_bits() -> None:
+    config = dataclasses.replace(PRESETS["20b"], num_hidden_layers=1)
+    dense, packed = decode_bytes_per_token(config, 100), packed_decode_bytes(config, 100)
+    experts = config.experts_per_token * 3 * config.intermediate_size * config.hidden_size
+    assert dense - packed == experts * (2 - 17 / 32)
+    # At batch 1 with MXFP4 experts gpt-oss-20b reads about 3.7 GB per token, 120b about 5.0
+    # (DESIGN §5): the roofline the benchmark reports against.
+    assert 3.2e9 < packed_decode_bytes(PRESETS["20b"], 1000) < 4.2e9
+    assert 4.5e9 < packed_decode_bytes(PRESETS["120b"], 1000) < 5.5e9
