@@ -173,6 +173,12 @@ class Agent:
                     if left < budget:
                         budget, limit = left, "max_total_tokens"
                 tokens = prompt_tokens.for_completion()
+                if (room := _context_room(self.model, tokens)) is not None:
+                    if room <= 0:
+                        yield done("max_context", detail=_context_detail(self.model, tokens))
+                        return
+                    if room < budget:
+                        budget, limit = room, "max_context"
                 usage.steps += 1
                 usage.prompt_tokens += len(tokens)
 
@@ -206,6 +212,10 @@ class Agent:
                 usage.output_tokens += count
 
                 if error is None and last not in stop_tokens:
+                    if count >= budget and limit == "max_context":
+                        detail = _context_detail(self.model, tokens)
+                        yield done("max_context", detail=detail)
+                        return
                     if count >= budget:
                         yield done(limit, detail=_limit_detail(self, usage, limit))  # type: ignore[arg-type]
                         return
@@ -368,6 +378,19 @@ def _tool_message(call: ToolCall, output: str) -> Message:
     message = Message.from_author_and_content(Author.new(Role.TOOL, call.recipient), output)
     message = message.with_recipient("assistant")
     return message.with_channel(call.channel) if call.channel else message
+
+
+def _context_room(model: Model, prompt: list[int]) -> int | None:
+    """Tokens the model may still generate after `prompt`, when it declares a `max_context`."""
+    limit = getattr(model, "max_context", None)
+    return limit - len(prompt) if isinstance(limit, int) else None
+
+
+def _context_detail(model: Model, prompt: list[int]) -> str:
+    return (
+        f"the conversation ({len(prompt)} tokens before this turn) filled the model's context of "
+        f"{getattr(model, 'max_context', '?')} tokens"
+    )
 
 
 def _limit_detail(agent: Agent, usage: Usage, limit: str = "max_total_tokens") -> str:

@@ -218,6 +218,24 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed for reproducible sampling")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     parser.add_argument(
+        "--backend",
+        choices=["torch", "triton"],
+        help="model kernels (default: triton on a CUDA device when installed, else torch)",
+    )
+    parser.add_argument(
+        "--context",
+        type=_positive_int,
+        metavar="N",
+        help="tokens the KV cache holds: the longest conversation (default: 8192)",
+    )
+    parser.add_argument(
+        "--no-cuda-graph",
+        dest="cuda_graph",
+        action="store_false",
+        default=None,
+        help="launch each decode step's kernels one by one (triton backend)",
+    )
+    parser.add_argument(
         "--hide-reasoning",
         dest="reasoning",
         action="store_false",
@@ -250,6 +268,15 @@ def _tools(args: argparse.Namespace) -> list[Tool]:
     return tools
 
 
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "device": args.device,
+        "backend": args.backend,
+        "max_context": args.context,
+        "cuda_graph": args.cuda_graph,
+    }
+
+
 def _load_model(args: argparse.Namespace) -> Any:
     if args.scripted:
         return _scripted_model(args.scripted)
@@ -259,7 +286,9 @@ def _load_model(args: argparse.Namespace) -> Any:
     from model.encoding import VOCAB_SIZE
 
     try:
-        model = load_model(path, device=args.device)
+        model = load_model(path, **_model_options(args))
+    except ValueError as e:  # options that do not fit this machine or each other
+        raise CliError(str(e)) from None
     except CheckpointError as e:
         raise CliError(
             f"{e} (a gpt-oss checkpoint folder holds config.json and *.safetensors, directly "
@@ -335,8 +364,12 @@ def _demo_agent(args: argparse.Namespace, sampling: Sampling) -> Agent:
         f"unit conversions). For gpt-oss weights use --model PATH or ${MODEL_ENV}.",
         file=sys.stderr,
     )
+    try:
+        model = load_demo_model(progress=False, **_model_options(args))
+    except ValueError as e:
+        raise CliError(str(e)) from None
     return Agent(
-        load_demo_model(device=args.device, progress=False),
+        model,
         tools=[
             PythonTool(dangerously_allow_unsandboxed=args.python_unsandboxed),
             function_tool(convert_units),

@@ -12,6 +12,7 @@ Status: TypeAlias = Literal[
     "max_steps",  # the step limit (model calls per run) was reached
     "max_turn_tokens",  # one model call produced its token limit without finishing
     "max_total_tokens",  # the run's token budget was spent
+    "max_context",  # the conversation filled the model's context window (its max_context)
     "invalid_output",  # the model's output could not be understood (malformed harmony, ...)
 ]
 

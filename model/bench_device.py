@@ -21,6 +21,8 @@ import torch
 
 from .bench import decode_bytes_per_token
 from .config import PRESETS, ModelConfig
+from .engine import GptOss
+from .protocol import Sampling
 
 MXFP4_BYTES = 17 / 32  # 16 bytes of nibbles and one scale byte per 32 weights
 
@@ -63,7 +65,6 @@ def run_device_bench(
     """Time prefill at each prompt length and decode after it; return (and print) the figures."""
     from .checkpoint import random_tensors
     from .loading import build_model
-    from .protocol import Sampling
 
     dev = torch.device(device)
     config = PRESETS[preset]
@@ -92,20 +93,18 @@ def run_device_bench(
         model.prefill(prompt)
         _sync(dev)
         prefill_s = time.perf_counter() - t0
-        model.reset()
-        tokens = model.generate(
-            prompt, stop_tokens=(), max_tokens=decode_tokens + 1, sampling=Sampling(0)
-        )
-        next(tokens)  # prefill and the first token
-        t0 = time.perf_counter()
-        produced = sum(1 for _ in tokens)
-        decode_s = time.perf_counter() - t0
-        decode_tok_s = produced / decode_s
+        decode_tok_s = _decode_tok_s(model, prompt, decode_tokens)
+        eager_tok_s = None
+        if model.cuda_graph:  # the same steps launched one kernel at a time, for the ratio
+            model.cuda_graph = False
+            eager_tok_s = _decode_tok_s(model, prompt, decode_tokens)
+            model.cuda_graph = True
         nbytes = packed_decode_bytes(config, n + decode_tokens // 2)
         rows.append({
             "prompt_tokens": n,
             "prefill_tok_s": n / prefill_s,
             "decode_tok_s": decode_tok_s,
+            "decode_eager_tok_s": eager_tok_s,
             "decode_gb_per_token": nbytes / 1e9,
             "roofline_tok_s": bandwidth / nbytes,
             "roofline_share": decode_tok_s * nbytes / bandwidth,
@@ -116,6 +115,7 @@ def run_device_bench(
         "device": str(dev)
         + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
         "backend": backend,
+        "cuda_graph": model.cuda_graph,
         "build_s": build_s,
         "weights_gib": weights_gib,
         "peak_gib": _peak_gib(dev),
@@ -128,15 +128,29 @@ def run_device_bench(
         f"{summary['peak_gib']:.1f} GiB, copy bandwidth {bandwidth / 1e9:.0f} GB/s"
     )
     for r in rows:
+        eager = r["decode_eager_tok_s"]
         print_fn(
             f"  prompt {r['prompt_tokens']:6d}: prefill {r['prefill_tok_s']:9.0f} tok/s | decode "
             f"{r['decode_tok_s']:7.1f} tok/s = {100 * r['roofline_share']:4.1f}% of the "
             f"{r['roofline_tok_s']:.0f} tok/s roofline ({r['decode_gb_per_token']:.2f} GB/token)"
+            + (f" | without the CUDA graph {eager:.1f} tok/s" if eager else "")
         )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _decode_tok_s(model: GptOss, prompt: list[int], decode_tokens: int) -> float:
+    """Greedy tokens per second after `prompt` (its prefill and first token not timed)."""
+    model.reset()
+    tokens = model.generate(
+        prompt, stop_tokens=(), max_tokens=decode_tokens + 1, sampling=Sampling(0)
+    )
+    next(tokens)
+    t0 = time.perf_counter()
+    produced = sum(1 for _ in tokens)
+    return produced / (time.perf_counter() - t0)
 
 
 def _sync(device: torch.device) -> None:

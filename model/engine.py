@@ -7,6 +7,7 @@ from collections.abc import Collection, Iterator, Sequence
 import torch
 
 from .config import ModelConfig
+from .decode_graph import DecodeStep
 from .gpt_oss import KVCache, Transformer
 from .protocol import Sampling
 
@@ -25,12 +26,16 @@ class GptOss:
         *,
         max_context: int | None = None,
         prefill_chunk: int = 256,
+        cuda_graph: bool = False,
         keepalive: object = None,
     ) -> None:
         self.transformer = transformer
         self.config: ModelConfig = transformer.config
         self.max_context = max_context or min(self.config.context_length, 8192)
         self.prefill_chunk = prefill_chunk
+        # One-token steps through `DecodeStep` (the Triton backend): a CUDA graph on a GPU.
+        self.cuda_graph = cuda_graph
+        self._step: DecodeStep | None = None
         self.cache: KVCache | None = None
         self.cached: list[int] = []
         self._epoch = 0  # bumped by every generate(): an older, abandoned generator must not resume
@@ -126,7 +131,9 @@ class GptOss:
         return logits
 
     def _forward(self, tokens: list[int]) -> torch.Tensor:
-        """Append `tokens` to the cache; the bookkeeping moves only once the forward completed."""
+        """Append `tokens` to the cache -> logits of the last one (valid until the next call).
+
+        The bookkeeping moves only once the forward completed."""
         start = len(self.cached)
         if start + len(tokens) > self.max_context:
             raise ValueError(
@@ -134,8 +141,14 @@ class GptOss:
             )
         if self.cache is None:
             self.cache = KVCache(self.config, self.max_context, self.device, self.dtype)
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
-        logits = self.transformer(ids, start, self.cache, last_only=True)[0]
+        if len(tokens) == 1 and self.cuda_graph:
+            if self._step is None:
+                capture = self.device.type == "cuda"
+                self._step = DecodeStep(self.transformer, self.cache, capture=capture)
+            logits = self._step(tokens[0], start)
+        else:
+            ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+            logits = self.transformer(ids, start, self.cache, last_only=True)[0]
         self.cached.extend(tokens)
         return logits
 

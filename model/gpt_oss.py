@@ -63,13 +63,16 @@ class Transformer(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
         cache: KVCache | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
-        """tokens (T,) at positions start..start+T-1 -> logits (T, vocab), or (1, vocab)."""
+        """tokens (T,) at positions start..start+T-1 -> logits (T, vocab), or (1, vocab).
+
+        start may be a (1,) int64 tensor on the device with the Triton attention (CUDA graphs).
+        """
         x = self.embedding(tokens)  # (T, H)
-        positions = torch.arange(start, start + len(tokens), device=tokens.device)
+        positions = start + torch.arange(len(tokens), device=tokens.device)
         cos, sin = rope_cos_sin(positions, self.inv_freq, self.config)
         for i, block in enumerate(self.block):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
@@ -88,7 +91,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        start: int,
+        start: int | torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
         kv: tuple[torch.Tensor, torch.Tensor] | None,

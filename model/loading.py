@@ -28,6 +28,7 @@ def load_model(
     *,
     experts: Experts = "auto",
     max_context: int | None = None,
+    cuda_graph: bool | None = None,
     progress: bool | None = None,
 ) -> GptOss:
     """Load a gpt-oss checkpoint folder: reference (`original/`) or Hugging Face layout.
@@ -38,6 +39,7 @@ def load_model(
     experts: "auto" keeps them as stored; "mxfp4" keeps them packed and dequantises each expert
     when used (gpt-oss-20b fits a 24 GiB machine this way); "dense" unpacks them at load.
     max_context: KV-cache length (default min(context_length, 8192)).
+    cuda_graph: decode steps replayed as a CUDA graph (triton backend only; the default there).
     progress: a progress bar on stderr; None shows it only on a terminal.
     """
 
@@ -50,8 +52,10 @@ def load_model(
     )
     if backend is None:
         backend = "triton" if dev.type == "cuda" and importlib.util.find_spec("triton") else "torch"
+    if cuda_graph and backend == "torch":
+        raise ValueError("cuda_graph needs the triton backend")
     if backend == "triton" and dev.type != "cuda" and not _interpreting():
-        raise CheckpointError(
+        raise ValueError(
             f"the triton backend needs a CUDA device (got {dev}); use backend='torch', or set "
             "TRITON_INTERPRET=1 to run the kernels slowly on the CPU"
         )
@@ -76,7 +80,7 @@ def load_model(
     tensors = repack(_progress(ckpt.tensors(), ckpt, progress), packed, dtype)
     return build_model(
         config, tensors, packed=packed, dtype=dtype, device=dev, backend=backend,
-        max_context=max_context, keepalive=ckpt,
+        max_context=max_context, cuda_graph=cuda_graph, keepalive=ckpt,
     )  # fmt: skip
 
 
@@ -89,10 +93,12 @@ def build_model(
     device: torch.device,
     backend: str,
     max_context: int | None = None,
+    cuda_graph: bool | None = None,
     keepalive: object = None,
 ) -> GptOss:
     """The engine over a Transformer assembled from (reference name, tensor) pairs, placed on
-    `device` one tensor at a time (nothing is materialised twice)."""
+    `device` one tensor at a time (nothing is materialised twice). cuda_graph: None means on
+    with the triton backend."""
     from .engine import GptOss
 
     with torch.device("meta"):
@@ -105,7 +111,9 @@ def build_model(
         from .triton_backend import use_triton  # lazy: triton is optional
 
         use_triton(model)
-    return GptOss(model, max_context=max_context, keepalive=keepalive)
+    if cuda_graph is None:
+        cuda_graph = backend == "triton"
+    return GptOss(model, max_context=max_context, cuda_graph=cuda_graph, keepalive=keepalive)
 
 
 def _interpreting() -> bool:

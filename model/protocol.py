@@ -27,7 +27,11 @@ class Sampling:
 
 @runtime_checkable
 class Model(Protocol):
-    """A language model that continues a harmony prompt."""
+    """A language model that continues a harmony prompt.
+
+    A model may also have `max_context: int`, the most tokens its prompt and output can hold
+    together: the agent then ends a run that fills it with status `max_context`.
+    """
 
     def generate(
         self,

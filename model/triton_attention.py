@@ -127,18 +127,24 @@ def _prefill_kernel(
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, k_ptr, v_ptr, m_ptr, l_ptr, acc_ptr, T, S, q_start, k_start, window, qk_scale,
-    split_len, stride_qt, stride_qh, stride_kh, stride_ks, stride_vh, stride_vs, REP: tl.constexpr,
-    HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    q_ptr, k_ptr, v_ptr, m_ptr, l_ptr, acc_ptr, pos_ptr, T, S, q_start, k_start, window, qk_scale,
+    stride_qt, stride_qh, stride_kh, stride_ks, stride_vh, stride_vs, REP: tl.constexpr,
+    HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr, POS_IN_MEMORY: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One split of the keys for one kv head -> partial (max, denominator, numerator) per row.
 
     grid (nkv, splits). Row r is query r // REP of head kvh REP + r % REP. Partials are fp32:
-    m / l (splits, nkv, BLOCK_R), acc (splits, nkv, BLOCK_R, hd); no sink here.
+    m / l (splits, nkv, BLOCK_R), acc (splits, nkv, BLOCK_R, hd); no sink here. POS_IN_MEMORY:
+    q_start is read from pos_ptr (a CUDA graph replays the launch at every position), so the
+    splits are cut here from the keys actually seen; splits left without keys store an empty
+    partial.
     """
     kvh = tl.program_id(0)
     split = tl.program_id(1)
     n_kv = tl.num_programs(0)
+    if POS_IN_MEMORY:
+        q_start = tl.load(pos_ptr).to(tl.int32)
     offs_r = tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, HEAD_DIM)
     tq = offs_r // REP
@@ -154,6 +160,7 @@ def _decode_kernel(
     lo = 0
     if SLIDING:
         lo = tl.maximum(0, q_start - window + 1 - k_start)
+    split_len = tl.cdiv(tl.cdiv(hi - lo, tl.num_programs(1)), BLOCK_N) * BLOCK_N
     first = lo + split * split_len
     last = tl.minimum(hi, first + split_len)
     # A large finite start keeps exp2(m_old - m_new) defined when a split sees no key.
@@ -227,7 +234,7 @@ def attention(
     k: torch.Tensor,
     v: torch.Tensor,
     sinks: torch.Tensor,
-    q_start: int,
+    q_start: int | torch.Tensor,
     k_start: int,
     window: int | None,
     *,
@@ -236,6 +243,9 @@ def attention(
 ) -> torch.Tensor:
     """Same contract as `attention_reference`; path "prefill" or "decode" (None: by size).
 
+    q_start may be a one-element integer tensor on q's device (decode path only): the kernels
+    read it there, so the launch is the same at every position and a CUDA graph can replay it;
+    then k / v are the whole cache buffers (k_start 0) and the keys past q_start are ignored.
     splits: key splits per kv head on the decode path (None: enough to fill the GPU).
     """
     t, nh, hd = q.shape
@@ -250,8 +260,11 @@ def attention(
     qk_scale = LOG2E / math.sqrt(hd)
     sinks = sinks.contiguous()
     out = torch.empty(t, nh * hd, device=q.device, dtype=q.dtype)
+    in_memory = isinstance(q_start, torch.Tensor)
     if path is None:
         path = "decode" if t * rep <= DECODE_MAX_ROWS else "prefill"
+    if in_memory and (path != "decode" or t * rep > DECODE_MAX_ROWS or k_start != 0):
+        raise ValueError("a position tensor needs the decode path over the whole cache (k_start 0)")
     if path == "prefill":
         cfg = PREFILL
         _prefill_kernel[(cdiv(t, cfg["BLOCK_M"]), nh)](
@@ -265,20 +278,23 @@ def attention(
         raise ValueError(f"unknown attention path {path!r} (prefill or decode)")
     cfg = DECODE
     block_r = decode_rows(t, rep)
-    lo = max(0, q_start - window + 1 - k_start) if window is not None else 0
-    span = max(1, min(s, q_start + t - k_start) - lo)  # keys any query of this step sees
+    if in_memory:  # the most keys any position can see
+        span = s if window is None else min(s, window + t - 1)
+    else:  # the keys this step's queries see
+        lo = max(0, q_start - window + 1 - k_start) if window is not None else 0
+        span = max(1, min(s, q_start + t - k_start) - lo)
     if splits is None:
         splits = min(MAX_SPLITS, cdiv(span, 4 * cfg["BLOCK_N"]))
-    split_len = cdiv(cdiv(span, splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
-    splits = cdiv(span, split_len)
     f32 = dict(device=q.device, dtype=torch.float32)
     m = torch.empty(splits, nkv, block_r, **f32)
     l_sum = torch.empty(splits, nkv, block_r, **f32)
     acc = torch.empty(splits, nkv, block_r, hd, **f32)
+    # Without a position tensor, m stands in for pos_ptr: the kernel does not read it then.
+    pos, q0 = (q_start, 0) if isinstance(q_start, torch.Tensor) else (m, q_start)
     _decode_kernel[(nkv, splits)](
-        q, k, v, m, l_sum, acc, t, s, q_start, k_start, window or 0, qk_scale, split_len,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), REP=rep,
-        HEAD_DIM=hd, SLIDING=sliding, BLOCK_R=block_r, BLOCK_N=cfg["BLOCK_N"],
+        q, k, v, m, l_sum, acc, pos, t, s, q0, k_start, window or 0, qk_scale, q.stride(0),
+        q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), REP=rep, HEAD_DIM=hd,
+        SLIDING=sliding, POS_IN_MEMORY=in_memory, BLOCK_R=block_r, BLOCK_N=cfg["BLOCK_N"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     _decode_combine_kernel[(nkv,)](
@@ -323,35 +339,33 @@ def aot_specs(
                 num_stages=PREFILL["num_stages"],
             )
         )
-        # Decode row tiles for T = 1 .. DECODE_MAX_ROWS / rep queries.
+        # Decode row tiles for T = 1 .. DECODE_MAX_ROWS / rep queries, the position as an argument
+        # or (CUDA graphs) in memory.
         for block_r in sorted({decode_rows(t, rep) for t in range(1, DECODE_MAX_ROWS // rep + 1)}):
-            sig = {
-                "q_ptr": act,
-                "k_ptr": act,
-                "v_ptr": act,
-                "m_ptr": "*fp32",
-                "l_ptr": "*fp32",
-                "acc_ptr": "*fp32",
-            }
-            sig |= dict.fromkeys(["T", "S", "q_start", "k_start", "window"], "i32")
-            sig |= {"qk_scale": "fp32", "split_len": "i32"} | dict.fromkeys(strides, "i32")
-            const = {
-                "REP": rep,
-                "HEAD_DIM": head_dim,
-                "SLIDING": sliding,
-                "BLOCK_R": block_r,
-                "BLOCK_N": DECODE["BLOCK_N"],
-            }
-            specs.append(
-                KernelSpec(
-                    "attn_decode",
-                    _decode_kernel,
-                    sig | dict.fromkeys(const, "constexpr"),
-                    const,
-                    num_warps=DECODE["num_warps"],
-                    num_stages=DECODE["num_stages"],
+            for in_memory in (False, True):
+                sig = {"q_ptr": act, "k_ptr": act, "v_ptr": act}
+                sig |= dict.fromkeys(["m_ptr", "l_ptr", "acc_ptr"], "*fp32")
+                sig |= {"pos_ptr": "*i64" if in_memory else "*fp32"}
+                sig |= dict.fromkeys(["T", "S", "q_start", "k_start", "window"], "i32")
+                sig |= {"qk_scale": "fp32"} | dict.fromkeys(strides, "i32")
+                const = {
+                    "REP": rep,
+                    "HEAD_DIM": head_dim,
+                    "SLIDING": sliding,
+                    "POS_IN_MEMORY": in_memory,
+                    "BLOCK_R": block_r,
+                    "BLOCK_N": DECODE["BLOCK_N"],
+                }
+                specs.append(
+                    KernelSpec(
+                        "attn_decode",
+                        _decode_kernel,
+                        sig | dict.fromkeys(const, "constexpr"),
+                        const,
+                        num_warps=DECODE["num_warps"],
+                        num_stages=DECODE["num_stages"],
+                    )
                 )
-            )
     for block_r in sorted({decode_rows(t, rep) for t in range(1, DECODE_MAX_ROWS // rep + 1)}):
         sig = {
             "m_ptr": "*fp32",

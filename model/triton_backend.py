@@ -41,17 +41,26 @@ class TritonAttentionBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        start: int,
+        start: int | torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
         kv: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
+        """start: an int, or a (1,) int64 tensor on the device (a decode step that a CUDA graph
+        replays at every position: the cache is written and read where the tensor says)."""
         t, nh, nkv, hd = x.shape[0], self.nh, self.nkv, self.hd
         qkv = self.qkv(self.norm(x))  # (T, (nh + 2 nkv) hd)
         rope_(qkv[:, : (nh + nkv) * hd].view(t, nh + nkv, hd), cos, sin)  # q and k, in place
         q = qkv[:, : nh * hd].view(t, nh, hd)
         k = qkv[:, nh * hd : (nh + nkv) * hd].view(t, nkv, hd).transpose(0, 1)  # (nkv, T, hd)
         v = qkv[:, (nh + nkv) * hd :].view(t, nkv, hd).transpose(0, 1)
+        if isinstance(start, torch.Tensor):
+            if kv is None:
+                raise ValueError("a position tensor needs the KV cache")
+            positions = start + torch.arange(t, device=x.device)
+            kv[0].index_copy_(1, positions, k)
+            kv[1].index_copy_(1, positions, v)
+            return self.out(attention(q, kv[0], kv[1], self.sinks, start, 0, self.window))
         first = start  # position of the first key in k / v
         if kv is not None:
             end = start + t

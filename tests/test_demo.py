@@ -104,3 +104,26 @@ def test_demo_model_answers_held_out_questions_through_the_agent() -> None:
                 wrong.append((task.question, result.status, result.final))
     assert {t.kind for t in tasks} == {"arithmetic", "convert"}
     assert right / len(tasks) >= 0.95, wrong
+
+
+def test_a_conversation_that_fills_the_context_ends_with_max_context() -> None:
+    """The engine's max_context bounds the run: cut mid-turn, or refused before a model call."""
+    from agent import Agent
+
+    greedy = Sampling(temperature=0)
+    question = "What is 37 * 41 + 5?"
+    with Agent(load_demo_model(progress=False), sampling=greedy, max_steps=1,
+               current_date=DEMO_CURRENT_DATE) as agent:  # fmt: skip
+        prompt = agent.run(question).usage.prompt_tokens
+    with Agent(load_demo_model(max_context=prompt + 5, progress=False), sampling=greedy,
+               current_date=DEMO_CURRENT_DATE) as agent:  # fmt: skip
+        result = agent.run(question)
+    assert result.status == "max_context" and result.usage.output_tokens == 5
+    assert result.detail == (
+        f"the conversation ({prompt} tokens before this turn) filled the model's context of "
+        f"{prompt + 5} tokens"
+    )
+    with Agent(load_demo_model(max_context=prompt, progress=False), sampling=greedy,
+               current_date=DEMO_CURRENT_DATE) as agent:  # fmt: skip
+        result = agent.run(question)
+    assert result.status == "max_context" and result.usage.steps == 0

@@ -171,6 +171,38 @@ def test_attention_with_strided_cache_views() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("t", "pos", "window", "splits"),
+    [(1, 0, None, None), (1, 37, 8, None), (1, 150, None, 3), (2, 90, 64, 4), (4, 20, None, None)],
+)
+def test_attention_reads_the_position_from_memory(
+    t: int, pos: int, window: int | None, splits: int | None
+) -> None:
+    """The CUDA-graph decode launch: the whole cache buffer, filled past the queries with keys
+    they must not see, and the position in a device tensor."""
+    g = torch.Generator().manual_seed(pos)
+    nh, nkv, hd, max_len = 4, 2, 16, 192
+    q = torch.randn(t, nh, hd, generator=g).to(DEVICE)
+    cache_k = (10 * torch.randn(nkv, max_len, hd, generator=g)).to(DEVICE)
+    cache_v = torch.randn(nkv, max_len, hd, generator=g).to(DEVICE)
+    sinks = torch.randn(nh, generator=g).to(DEVICE)
+    end = pos + t
+    ref = triton_attention.attention_reference(
+        q, cache_k[:, :end], cache_v[:, :end], sinks, pos, 0, window
+    )
+    position = torch.tensor([pos], device=DEVICE)
+    out = triton_attention.attention(q, cache_k, cache_v, sinks, position, 0, window, splits=splits)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_position_tensor_needs_the_decode_path() -> None:
+    q, k = torch.zeros(1, 4, 16, device=DEVICE), torch.zeros(2, 8, 16, device=DEVICE)
+    position = torch.tensor([3], device=DEVICE)
+    with pytest.raises(ValueError, match="decode path"):
+        triton_attention.attention(q, k, k, torch.zeros(4, device=DEVICE), position, 0, None,
+                                   path="prefill")  # fmt: skip
+
+
 # --- RMSNorm and RoPE ------------------------------------------------------------------------
 
 
