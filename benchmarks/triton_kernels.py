@@ -34,7 +34,7 @@ def report(name: str, ms: float, nbytes: int, base_ms: float) -> None:
 def moe_case(config: ModelConfig, tokens: int, path: str | None) -> None:
     from model.gpt_oss import swiglu
     from model.mxfp4 import dequantize
-    from model.triton_moe import moe
+    from model.triton_moe import kernel_layout, moe
 
     e, h, i, a = (config.num_experts, config.hidden_size, config.intermediate_size,
                   config.experts_per_token)  # fmt: skip
@@ -58,8 +58,10 @@ def moe_case(config: ModelConfig, tokens: int, path: str | None) -> None:
             out.index_add_(0, rows, (y @ w2.T + b2[ex]) * weights[rows, slot, None])
         return out
 
+    k1b, k2b = kernel_layout(w1b), kernel_layout(w2b)  # the nibble order the kernels read
+
     def triton_moe() -> torch.Tensor:
-        return moe(x, ids, weights, w1b, w1s, b1, w2b, w2s, b2, path=path)  # type: ignore[arg-type]
+        return moe(x, ids, weights, k1b, w1s, b1, k2b, w2s, b2, path=path)  # type: ignore[arg-type]
 
     used = int(ids.unique().numel())
     per_expert = (2 * i * h + h * i) // 2 + (2 * i * h + h * i) // 32  # packed bytes + scales

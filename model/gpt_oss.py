@@ -196,10 +196,7 @@ class MLPBlock(nn.Module):
         )
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> expert ids (T, A), sorted by logit, and their weights (T, A)."""
-        logits = self.gate(x)  # (T, E)
-        top, ids = torch.topk(logits, self.top_k, dim=-1, sorted=True)
-        return ids, torch.softmax(top.float(), dim=-1).to(x.dtype)
+        return route(self.gate(x), self.top_k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.norm(x)  # (T, H)
@@ -230,6 +227,12 @@ class MLPBlock(nn.Module):
         h = swiglu(h, self.alpha, self.limit)  # (T, A, I)
         y = torch.einsum("tai,taoi->tao", h, w2) + b2  # (T, A, H)
         return (y * weights[..., None]).sum(dim=1)
+
+
+def route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router logits (T, E) -> expert ids (T, A), sorted by logit, and their weights (T, A)."""
+    top, ids = torch.topk(logits, top_k, dim=-1, sorted=True)
+    return ids, torch.softmax(top.float(), dim=-1).to(logits.dtype)
 
 
 def swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:

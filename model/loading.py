@@ -105,6 +105,7 @@ def build_model(
         model = Transformer(config, packed_experts=packed)
     state = {_module_name(name): _convert(name, t, dtype, device) for name, t in tensors}
     model.load_state_dict(state, strict=True, assign=True)
+    del state  # the model holds the tensors now: use_triton must be able to free the old experts
     model.inv_freq = rope_inv_freq(config).to(device)
     model.eval().requires_grad_(False)
     if backend == "triton":

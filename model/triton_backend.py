@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .gpt_oss import AttentionBlock, MLPBlock, MXFP4Experts, RMSNorm, Transformer
+from .gpt_oss import AttentionBlock, MLPBlock, MXFP4Experts, RMSNorm, Transformer, route
 from .triton_attention import attention
-from .triton_moe import moe
+from .triton_moe import kernel_layout, moe
 from .triton_norm import rms_norm
 from .triton_rope import rope_
 
@@ -57,7 +57,8 @@ class TritonAttentionBlock(nn.Module):
         if isinstance(start, torch.Tensor):
             if kv is None:
                 raise ValueError("a position tensor needs the KV cache")
-            positions = start + torch.arange(t, device=x.device)
+            # (one token: its position is the tensor itself, and no kernel runs to make it)
+            positions = start if t == 1 else start + torch.arange(t, device=x.device)
             kv[0].index_copy_(1, positions, k)
             kv[1].index_copy_(1, positions, v)
             return self.out(attention(q, kv[0], kv[1], self.sinks, start, 0, self.window))
@@ -72,23 +73,33 @@ class TritonAttentionBlock(nn.Module):
 
 
 class TritonMLPBlock(nn.Module):
-    """MLPBlock whose MXFP4 experts run in the fused Triton kernels; routing stays in PyTorch."""
+    """MLPBlock whose MXFP4 experts run in the fused Triton kernels; routing stays in PyTorch.
+
+    It takes over the block's expert tensors, the packed ones reordered for the kernels
+    (`kernel_layout`, one expert at a time, so loading 120b needs little extra memory).
+    """
 
     def __init__(self, block: MLPBlock) -> None:
         super().__init__()
-        assert isinstance(block.experts, MXFP4Experts)
-        block.norm = TritonRMSNorm(block.norm)
-        self.block = block  # its norm, routing (gate, top-k) and expert tensors
+        ex = block.experts
+        assert isinstance(ex, MXFP4Experts)
+        self.norm, self.gate = TritonRMSNorm(block.norm), block.gate
+        self.top_k, self.limit, self.alpha = block.top_k, block.limit, block.alpha
+        self.register_buffer("mlp1_blocks", kernel_layout(ex.mlp1_blocks))
+        del ex.mlp1_blocks  # frees the stored order before the next tensor is reordered
+        self.register_buffer("mlp2_blocks", kernel_layout(ex.mlp2_blocks))
+        del ex.mlp2_blocks
+        self.mlp1_scales, self.mlp1_bias = ex.mlp1_scales, ex.mlp1_bias
+        self.mlp2_scales, self.mlp2_bias = ex.mlp2_scales, ex.mlp2_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.block.norm(x)  # (T, H)
-        ids, weights = self.block.route(t)  # (T, A) each
-        ex = self.block.experts
+        t = self.norm(x)  # (T, H)
+        ids, weights = route(self.gate(t), self.top_k)  # (T, A) each
         return moe(
             t, ids, weights,
-            ex.mlp1_blocks, ex.mlp1_scales, ex.mlp1_bias,
-            ex.mlp2_blocks, ex.mlp2_scales, ex.mlp2_bias,
-            limit=self.block.limit, alpha=self.block.alpha,
+            self.mlp1_blocks, self.mlp1_scales, self.mlp1_bias,
+            self.mlp2_blocks, self.mlp2_scales, self.mlp2_bias,
+            limit=self.limit, alpha=self.alpha,
         )  # fmt: skip
 
 

@@ -1,19 +1,23 @@
 """Mixture of experts with MXFP4 experts dequantised inside Triton kernels, and its reference.
 
 Shapes: T = tokens, H = hidden size, E = experts, A = active experts per token, I = expert
-intermediate size, P = T * A (token, expert) pairs. Expert weights stay packed as stored:
-mlp1 blocks [E, 2I, H/32, 16] / scales [E, 2I, H/32] (glu and linear rows interleaved),
-mlp2 blocks [E, H, I/32, 16] / scales [E, H, I/32]; blocks run along the input dimension.
+intermediate size, P = T * A (token, expert) pairs. Expert weights stay packed, as 16-byte groups
+of 32 weights with one scale: mlp1 blocks [E, 2I, H/32, 16] / scales [E, 2I, H/32] (glu and linear
+rows interleaved), mlp2 blocks [E, H, I/32, 16] / scales [E, H, I/32]; blocks run along the input
+dimension.
+
+The kernels read the groups with their nibbles reordered once at load (`kernel_layout`): read as
+four little-endian int32 words, word q holds in bits 4k..4k+3 weight 4k + q of its group. A thread
+then loads a group as one 16-byte vector, and for each nibble position k the matching inputs of
+its four words are four adjacent elements (one vector load). Nibbles k and k + 4 of a word sit 16
+bits apart, so one mask-and-shift places both as fp16 bit patterns (`_e2m1_pairs`).
 
 Two paths, both computing mlp1 + clamped SwiGLU in one kernel and mlp2 in a second:
-- decode (a few tokens): one program per (pair, output tile), matrix-vector products; mlp2
-  loops over a token's A experts and applies the router weights and the sum in registers.
+- decode (a few tokens): one program per (pair, row tile), matrix-vector products that keep
+  per-thread partial sums over the whole input and reduce once; mlp2 loops over a token's A
+  experts and applies the router weights and the sum in registers.
 - grouped (prefill): pairs sorted by expert, cut into tiles of BLOCK_M rows of one expert, and
   multiplied with tl.dot; the A partial outputs of a token are summed afterwards.
-
-A packed byte holds an even element (low nibble) and the odd one after it (high nibble), so the
-kernels split the input vector into its even and odd elements instead of interleaving nibbles:
-x . w = x_even . w_low + x_odd . w_high.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from .triton_common import KernelSpec, cdiv, ptr_type
 Path = Literal["decode", "grouped"]
 
 # Block configurations the host code chooses from; all are compiled ahead of time in the tests
-# (model.triton_aot), and were picked among variants for no register spills on sm_80 or sm_90.
-DECODE_MLP1 = {"BLOCK_I": 32, "BLOCK_K": 64, "num_warps": 4}
-DECODE_MLP2 = {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 4}
+# (model.triton_aot). Decode: 128 threads each loading one 16-byte group per iteration, and
+# enough programs (4 pairs x 360 for mlp1, 360 for mlp2 at gpt-oss shapes) to keep every SM of
+# an H100 busy; registers stay under 64 so that many warps can wait on memory at once.
+DECODE_MLP1 = {"BLOCK_I": 8, "BLOCK_G": 8, "num_warps": 4}
+DECODE_MLP2 = {"BLOCK_N": 8, "BLOCK_G": 16, "num_warps": 4}
 # Grouped tiles by BLOCK_M; picked among compiled variants for no register spills on sm_80 and
 # sm_90 (the fp32 dequantised weight tiles are what fill the registers).
 GROUPED_BLOCK_M = (16, 64)
@@ -45,6 +51,24 @@ GROUPED_MLP2 = {
     64: {"BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
 }
 DECODE_MAX_TOKENS = 4  # beyond this the grouped path reads each expert's weights once
+
+
+def kernel_layout(blocks: torch.Tensor) -> torch.Tensor:
+    """Packed blocks (..., groups, 16) as stored -> the same weights in the kernels' nibble order.
+
+    Stored: byte j holds weights 2j (low nibble) and 2j + 1. Kernel: byte j = 4q + m holds
+    weights 8m + q (low) and 8m + 4 + q (high), i.e. word q holds weight 4k + q at nibble k.
+    Done one expert at a time to bound the temporary memory.
+    """
+    if blocks.dtype != torch.uint8 or blocks.shape[-1] != 16:
+        raise ValueError(f"expected packed uint8 blocks (..., 16), got {tuple(blocks.shape)}")
+    out = torch.empty(blocks.shape, dtype=torch.uint8, device=blocks.device)
+    for src, dst in zip(blocks.reshape(-1, *blocks.shape[-3:]), out.view(-1, *blocks.shape[-3:]),
+                        strict=True):  # fmt: skip
+        nib = torch.stack([src & 15, src >> 4], dim=-1).view(*src.shape[:-1], 8, 4)  # [k, q]
+        nib = nib.transpose(-1, -2).reshape(*src.shape[:-1], 16, 2)  # nibble 8q + k
+        dst.copy_(nib[..., 0] | (nib[..., 1] << 4))
+    return out
 
 
 # --- reference -------------------------------------------------------------------------------
@@ -80,13 +104,21 @@ def moe_reference(
 
 
 @triton.jit
-def _fp4_to_f32(nibble):
-    """e2m1 nibble (int32, 0..15) -> fp32: 0, .5, 1, 1.5, 2, 3, 4, 6 and negatives from 8."""
-    exp = (nibble >> 1) & 3
-    mant = (nibble & 1).to(tl.float32)
-    pow2 = tl.where(exp == 3, 4.0, tl.where(exp == 2, 2.0, 1.0))
-    mag = tl.where(exp == 0, 0.5 * mant, (1.0 + 0.5 * mant) * pow2)
-    return tl.where((nibble & 8) != 0, -mag, mag)
+def _fp16_bits_to_f32(bits):
+    """Low 16 bits of an int32 (an fp16 bit pattern) -> fp32."""
+    return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _e2m1_pairs(u):
+    """e2m1 codes in bits 0..3 and 16..19 of int32 u -> both values times 2**-14, in fp32.
+
+    As an fp16 bit pattern with the sign at bit 15 and the three magnitude bits at 11..9, a code
+    reads as its value times 2**-14 exactly (the two codes with a zero exponent as subnormals,
+    which fp16 always keeps); both patterns are built with the same few bit operations.
+    """
+    t = ((u & 0x00070007) << 9) | ((u & 0x00080008) << 12)
+    return _fp16_bits_to_f32(t & 0xFFFF), _fp16_bits_to_f32(t >> 16)
 
 
 @triton.jit
@@ -97,99 +129,107 @@ def _swiglu(glu, lin, limit, alpha):
 
 
 @triton.jit
-def _mlp1_decode_kernel(
-    x_ptr, ids_ptr, blocks_ptr, scales_ptr, bias_ptr, h_ptr, K, N_INTER, A, stride_xt, stride_be,
-    stride_bn, stride_se, stride_sn, stride_bias, stride_hp, limit, alpha, BLOCK_I: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+def _rows_dot(
+    b_rows, s_rows, mask_r, x_row, n_groups, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr
 ):  # fmt: skip
-    """h[pair, i] = swiglu(x[token] . W1[e, 2i], x[token] . W1[e, 2i + 1]); grid (P, I tiles)."""
+    """Packed rows (kernel layout) . x -> (BLOCK_R,) fp32, scales applied.
+
+    b_rows: int32 pointers to each row's first word; s_rows: pointers to its scales; x_row: the
+    input, 16-byte aligned. Partial sums stay per (row, group, word) until the loop ends.
+    """
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_q = tl.arange(0, 4)
+    acc = tl.zeros([BLOCK_R, BLOCK_G, 4], dtype=tl.float32)
+    for g0 in range(0, n_groups, BLOCK_G):
+        g = g0 + offs_g
+        mask_g = g < n_groups
+        mask = mask_r[:, None] & mask_g[None, :]
+        words = g[None, :, None] * 4 + offs_q[None, None, :]
+        w = tl.load(b_rows[:, None, None] + words, mask=mask[:, :, None], other=0)  # (R, G, 4)
+        x_g = x_row + g[None, :, None] * 32 + offs_q[None, None, :]  # weight q of each group
+        mask_x = mask_g[None, :, None]
+        part = tl.zeros([BLOCK_R, BLOCK_G, 4], dtype=tl.float32)
+        for k in tl.static_range(4):  # nibbles k and k + 4: weights 4k + q and 4k + 16 + q
+            lo, hi = _e2m1_pairs(w >> (4 * k))
+            part += lo * tl.load(x_g + 4 * k, mask=mask_x, other=0.0).to(tl.float32)
+            part += hi * tl.load(x_g + 4 * k + 16, mask=mask_x, other=0.0).to(tl.float32)
+        s = tl.load(s_rows[:, None] + g[None, :], mask=mask, other=0).to(tl.float32)
+        acc += part * tl.exp2(s - 113.0)[:, :, None]  # 2**(s - 127), times the 2**14 above
+    return tl.sum(tl.sum(acc, axis=2), axis=1)
+
+
+@triton.jit
+def _mlp1_decode_kernel(
+    x_ptr, ids_ptr, blocks_ptr, scales_ptr, bias_ptr, h_ptr, N_GROUPS, N_INTER, A, stride_be,
+    stride_bn, stride_se, stride_sn, stride_bias, limit, alpha, BLOCK_I: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):  # fmt: skip
+    """h[pair, i] = swiglu(x[token] . W1[e, 2i], x[token] . W1[e, 2i + 1]); grid (P, I tiles).
+
+    x (T, 32 N_GROUPS) and h (P, N_INTER) contiguous; blocks as int32 words, stride_be and
+    stride_bn counted in 16-byte groups (so every row is known to start 16-byte aligned).
+    """
     pair = tl.program_id(0)
     tok = pair // A
     e = tl.load(ids_ptr + pair).to(tl.int64)
+    rows = tl.program_id(1) * 2 * BLOCK_I + tl.arange(0, 2 * BLOCK_I)  # glu, linear, glu, ...
+    mask_r = rows < 2 * N_INTER
+    b_rows = blocks_ptr + (e * stride_be + rows.to(tl.int64) * stride_bn) * 4
+    s_rows = scales_ptr + e * stride_se + rows.to(tl.int64) * stride_sn
+    x_row = x_ptr + tok.to(tl.int64) * N_GROUPS * 32
+    y = _rows_dot(b_rows, s_rows, mask_r, x_row, N_GROUPS, 2 * BLOCK_I, BLOCK_G)
+    y += tl.load(bias_ptr + e * stride_bias + rows, mask=mask_r, other=0.0).to(tl.float32)
+    glu, lin = tl.split(tl.reshape(y, [BLOCK_I, 2]))
     offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    mask_i = offs_i < N_INTER
-    rows = 2 * offs_i.to(tl.int64)  # glu rows; the linear row follows each
-    offs_j = tl.arange(0, BLOCK_K // 2)  # byte j of the chunk holds elements 2j, 2j + 1
-    b_rows = blocks_ptr + e * stride_be + rows[:, None] * stride_bn  # (BI, 1)
-    s_rows = scales_ptr + e * stride_se + rows[:, None] * stride_sn
-    acc_g = tl.zeros([BLOCK_I], dtype=tl.float32)
-    acc_l = tl.zeros([BLOCK_I], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_even = k0 + 2 * offs_j
-        mask_k = k_even < K
-        x_row = x_ptr + tok * stride_xt + k_even
-        x_e = tl.load(x_row, mask=mask_k, other=0.0).to(tl.float32)[None, :]  # (1, BK/2)
-        x_o = tl.load(x_row + 1, mask=mask_k, other=0.0).to(tl.float32)[None, :]
-        mask = mask_i[:, None] & mask_k[None, :]
-        byte_off = (k0 // 2 + offs_j)[None, :]
-        group = (k_even // 32)[None, :]
-        # glu row
-        b = tl.load(b_rows + byte_off, mask=mask, other=0).to(tl.int32)  # (BI, BK/2)
-        s = tl.exp2(tl.load(s_rows + group, mask=mask, other=127).to(tl.float32) - 127.0)
-        acc_g += tl.sum((_fp4_to_f32(b & 15) * x_e + _fp4_to_f32(b >> 4) * x_o) * s, axis=1)
-        # linear row
-        b = tl.load(b_rows + stride_bn + byte_off, mask=mask, other=0).to(tl.int32)
-        s = tl.exp2(
-            tl.load(s_rows + stride_sn + group, mask=mask, other=127).to(tl.float32) - 127.0
-        )
-        acc_l += tl.sum((_fp4_to_f32(b & 15) * x_e + _fp4_to_f32(b >> 4) * x_o) * s, axis=1)
-    bias = bias_ptr + e * stride_bias + rows
-    glu = acc_g + tl.load(bias, mask=mask_i, other=0.0).to(tl.float32)
-    lin = acc_l + tl.load(bias + 1, mask=mask_i, other=0.0).to(tl.float32)
     out = _swiglu(glu, lin, limit, alpha)
-    tl.store(h_ptr + pair * stride_hp + offs_i, out.to(h_ptr.dtype.element_ty), mask=mask_i)
+    tl.store(h_ptr + pair.to(tl.int64) * N_INTER + offs_i, out, mask=offs_i < N_INTER)
 
 
 @triton.jit
 def _mlp2_decode_kernel(
-    h_ptr, ids_ptr, w_ptr, blocks_ptr, scales_ptr, bias_ptr, out_ptr, K, N, A, stride_hp,
-    stride_be, stride_bn, stride_se, stride_sn, stride_bias, stride_ot, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    h_ptr, ids_ptr, w_ptr, blocks_ptr, scales_ptr, bias_ptr, out_ptr, N_GROUPS, N, A, stride_be,
+    stride_bn, stride_se, stride_sn, stride_bias, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
 ):  # fmt: skip
-    """out[t, n] = sum_a w[t, a] (h[t A + a] . W2[e_a, n] + b2[e_a, n]); grid (T, N tiles)."""
+    """out[t, n] = sum_a w[t, a] (h[t A + a] . W2[e_a, n] + b2[e_a, n]); grid (T, N tiles).
+
+    h (P, 32 N_GROUPS) fp32 and out (T, N) contiguous; blocks as for the mlp1 kernel.
+    """
     tok = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_j = tl.arange(0, BLOCK_K // 2)
     out = tl.zeros([BLOCK_N], dtype=tl.float32)
     for a in range(0, A):
         pair = tok * A + a
         e = tl.load(ids_ptr + pair).to(tl.int64)
-        b_rows = blocks_ptr + e * stride_be + offs_n[:, None].to(tl.int64) * stride_bn
-        s_rows = scales_ptr + e * stride_se + offs_n[:, None].to(tl.int64) * stride_sn
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k_even = k0 + 2 * offs_j
-            mask_k = k_even < K
-            h_row = h_ptr + pair * stride_hp + k_even
-            h_e = tl.load(h_row, mask=mask_k, other=0.0).to(tl.float32)[None, :]
-            h_o = tl.load(h_row + 1, mask=mask_k, other=0.0).to(tl.float32)[None, :]
-            mask = mask_n[:, None] & mask_k[None, :]
-            b = tl.load(b_rows + (k0 // 2 + offs_j)[None, :], mask=mask, other=0).to(tl.int32)
-            s = tl.load(s_rows + (k_even // 32)[None, :], mask=mask, other=127)
-            s = tl.exp2(s.to(tl.float32) - 127.0)
-            acc += tl.sum((_fp4_to_f32(b & 15) * h_e + _fp4_to_f32(b >> 4) * h_o) * s, axis=1)
-        bias = tl.load(bias_ptr + e * stride_bias + offs_n, mask=mask_n, other=0.0)
-        out += tl.load(w_ptr + pair).to(tl.float32) * (acc + bias.to(tl.float32))
-    tl.store(out_ptr + tok * stride_ot + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
+        b_rows = blocks_ptr + (e * stride_be + offs_n.to(tl.int64) * stride_bn) * 4
+        s_rows = scales_ptr + e * stride_se + offs_n.to(tl.int64) * stride_sn
+        h_row = h_ptr + pair.to(tl.int64) * N_GROUPS * 32
+        y = _rows_dot(b_rows, s_rows, mask_n, h_row, N_GROUPS, BLOCK_N, BLOCK_G)
+        y += tl.load(bias_ptr + e * stride_bias + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        out += tl.load(w_ptr + pair).to(tl.float32) * y
+    o = out_ptr + tok.to(tl.int64) * N + offs_n
+    tl.store(o, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
-def _dequant_tile(blocks_ptr, scales_ptr, rows, mask_rows, k0, offs_j, K, stride_bn, stride_sn):
-    """Packed rows (BN,) x bytes (BK/2,) -> (low, high) weights, each (BK/2, BN) fp32.
+def _low_weight(jj):
+    """Byte index along a row (kernel layout) -> the weight in its low nibble; the high nibble
+    holds that weight + 4. Byte 4q + m of a group holds weights 8m + q and 8m + 4 + q."""
+    j = jj % 16
+    return (jj // 16) * 32 + 8 * (j % 4) + j // 4
 
-    Transposed for tl.dot: the even elements' weights, then the odd elements'.
-    """
-    k_even = k0 + 2 * offs_j
-    mask = mask_rows[None, :] & (k_even < K)[:, None]
-    b = tl.load(
-        blocks_ptr + rows[None, :] * stride_bn + (k0 // 2 + offs_j)[:, None], mask=mask, other=0
-    ).to(tl.int32)
-    s = tl.load(
-        scales_ptr + rows[None, :] * stride_sn + (k_even // 32)[:, None], mask=mask, other=127
-    )
-    s = tl.exp2(s.to(tl.float32) - 127.0)
-    return _fp4_to_f32(b & 15) * s, _fp4_to_f32(b >> 4) * s
+
+@triton.jit
+def _dequant_tile(blocks_ptr, scales_ptr, rows, mask_rows, jj, mask_j, stride_bn, stride_sn):
+    """Packed rows (BN,) x bytes jj (BK/2,) -> (low, high) nibble weights, each (BK/2, BN) fp32,
+    transposed for tl.dot."""
+    mask = mask_rows[None, :] & mask_j[:, None]
+    b = tl.load(blocks_ptr + rows[None, :] * stride_bn + jj[:, None], mask=mask, other=0)
+    b = b.to(tl.int32)
+    s = tl.load(scales_ptr + rows[None, :] * stride_sn + (jj // 16)[:, None], mask=mask, other=0)
+    s = tl.exp2(s.to(tl.float32) - 113.0)  # 2**(s - 127), times 2**14 (see _e2m1_pairs)
+    lo, hi = _e2m1_pairs(b | (b << 12))  # the high nibble moved to bits 16..19
+    return lo * s, hi * s
 
 
 @triton.jit
@@ -218,19 +258,18 @@ def _mlp1_grouped_kernel(
     acc_g = tl.zeros([BLOCK_M, BLOCK_I], dtype=tl.float32)
     acc_l = tl.zeros([BLOCK_M, BLOCK_I], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        k_even = k0 + 2 * offs_j
-        mask_x = mask_m[:, None] & (k_even < K)[None, :]
-        x_rows = x_ptr + tok[:, None] * stride_xt + k_even[None, :]
-        x_e = tl.load(x_rows, mask=mask_x, other=0.0)  # (BM, BK/2)
-        x_o = tl.load(x_rows + 1, mask=mask_x, other=0.0)
-        lo, hi = _dequant_tile(b_base, s_base, rows, mask_i, k0, offs_j, K, stride_bn, stride_sn)
-        acc_g = tl.dot(x_e, lo.to(x_e.dtype), acc_g, input_precision="ieee")
-        acc_g = tl.dot(x_o, hi.to(x_e.dtype), acc_g, input_precision="ieee")
-        lo, hi = _dequant_tile(
-            b_base, s_base, rows + 1, mask_i, k0, offs_j, K, stride_bn, stride_sn
-        )
-        acc_l = tl.dot(x_e, lo.to(x_e.dtype), acc_l, input_precision="ieee")
-        acc_l = tl.dot(x_o, hi.to(x_e.dtype), acc_l, input_precision="ieee")
+        jj = k0 // 2 + offs_j
+        mask_j = jj < K // 2
+        mask_x = mask_m[:, None] & mask_j[None, :]
+        x_rows = x_ptr + tok[:, None] * stride_xt + _low_weight(jj)[None, :]
+        x_lo = tl.load(x_rows, mask=mask_x, other=0.0)  # (BM, BK/2)
+        x_hi = tl.load(x_rows + 4, mask=mask_x, other=0.0)
+        lo, hi = _dequant_tile(b_base, s_base, rows, mask_i, jj, mask_j, stride_bn, stride_sn)
+        acc_g = tl.dot(x_lo, lo.to(x_lo.dtype), acc_g, input_precision="ieee")
+        acc_g = tl.dot(x_hi, hi.to(x_lo.dtype), acc_g, input_precision="ieee")
+        lo, hi = _dequant_tile(b_base, s_base, rows + 1, mask_i, jj, mask_j, stride_bn, stride_sn)
+        acc_l = tl.dot(x_lo, lo.to(x_lo.dtype), acc_l, input_precision="ieee")
+        acc_l = tl.dot(x_hi, hi.to(x_lo.dtype), acc_l, input_precision="ieee")
     bias = bias_ptr + e * stride_bias + rows
     glu = acc_g + tl.load(bias, mask=mask_i, other=0.0).to(tl.float32)[None, :]
     lin = acc_l + tl.load(bias + 1, mask=mask_i, other=0.0).to(tl.float32)[None, :]
@@ -261,14 +300,15 @@ def _mlp2_grouped_kernel(
     s_base = scales_ptr + e * stride_se
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        k_even = k0 + 2 * offs_j
-        mask_h = mask_m[:, None] & (k_even < K)[None, :]
-        h_rows = h_ptr + offs_m[:, None].to(tl.int64) * stride_hp + k_even[None, :]
-        h_e = tl.load(h_rows, mask=mask_h, other=0.0)
-        h_o = tl.load(h_rows + 1, mask=mask_h, other=0.0)
-        lo, hi = _dequant_tile(b_base, s_base, rows, mask_n, k0, offs_j, K, stride_bn, stride_sn)
-        acc = tl.dot(h_e, lo.to(h_e.dtype), acc, input_precision="ieee")
-        acc = tl.dot(h_o, hi.to(h_e.dtype), acc, input_precision="ieee")
+        jj = k0 // 2 + offs_j
+        mask_j = jj < K // 2
+        mask_h = mask_m[:, None] & mask_j[None, :]
+        h_rows = h_ptr + offs_m[:, None].to(tl.int64) * stride_hp + _low_weight(jj)[None, :]
+        h_lo = tl.load(h_rows, mask=mask_h, other=0.0)
+        h_hi = tl.load(h_rows + 4, mask=mask_h, other=0.0)
+        lo, hi = _dequant_tile(b_base, s_base, rows, mask_n, jj, mask_j, stride_bn, stride_sn)
+        acc = tl.dot(h_lo, lo.to(h_lo.dtype), acc, input_precision="ieee")
+        acc = tl.dot(h_hi, hi.to(h_lo.dtype), acc, input_precision="ieee")
     bias = tl.load(bias_ptr + e * stride_bias + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + pair, mask=mask_m, other=0.0).to(tl.float32)
     y = (acc + bias[None, :]) * w[:, None]
@@ -296,7 +336,8 @@ def moe(
 ) -> torch.Tensor:
     """x (T, H), expert ids / router weights (T, A) -> sum_a w_a expert_a(x) (T, H), x's dtype.
 
-    path: "decode" or "grouped"; None picks decode for at most DECODE_MAX_TOKENS tokens.
+    The blocks must be in the kernels' nibble order (`kernel_layout`). path: "decode" or
+    "grouped"; None picks decode for at most DECODE_MAX_TOKENS tokens.
     """
     t, hdim = x.shape
     e, two_i = w1_blocks.shape[:2]
@@ -314,16 +355,16 @@ def moe(
         h = torch.empty(t * a, inter, device=x.device, dtype=torch.float32)  # (P, I)
         cfg1, cfg2 = DECODE_MLP1, DECODE_MLP2
         _mlp1_decode_kernel[(t * a, cdiv(inter, cfg1["BLOCK_I"]))](
-            x, ids, w1_blocks, w1_scales, b1, h, hdim, inter, a, x.stride(0), w1_blocks.stride(0),
-            w1_blocks.stride(1), w1_scales.stride(0), w1_scales.stride(1), b1.stride(0),
-            h.stride(0), limit, alpha, BLOCK_I=cfg1["BLOCK_I"], BLOCK_K=cfg1["BLOCK_K"],
-            num_warps=cfg1["num_warps"],
+            x, ids, w1_blocks.view(torch.int32), w1_scales, b1, h, hdim // 32, inter, a,
+            w1_blocks.stride(0) // 16, w1_blocks.stride(1) // 16, w1_scales.stride(0),
+            w1_scales.stride(1), b1.stride(0), limit, alpha, BLOCK_I=cfg1["BLOCK_I"],
+            BLOCK_G=cfg1["BLOCK_G"], num_warps=cfg1["num_warps"],
         )  # fmt: skip
         out = torch.empty_like(x)
         _mlp2_decode_kernel[(t, cdiv(hdim, cfg2["BLOCK_N"]))](
-            h, ids, weights, w2_blocks, w2_scales, b2, out, inter, hdim, a, h.stride(0),
-            w2_blocks.stride(0), w2_blocks.stride(1), w2_scales.stride(0), w2_scales.stride(1),
-            b2.stride(0), out.stride(0), BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"],
+            h, ids, weights, w2_blocks.view(torch.int32), w2_scales, b2, out, inter // 32, hdim, a,
+            w2_blocks.stride(0) // 16, w2_blocks.stride(1) // 16, w2_scales.stride(0),
+            w2_scales.stride(1), b2.stride(0), BLOCK_N=cfg2["BLOCK_N"], BLOCK_G=cfg2["BLOCK_G"],
             num_warps=cfg2["num_warps"],
         )  # fmt: skip
         return out
@@ -388,9 +429,11 @@ def _check_packed(blocks: torch.Tensor, scales: torch.Tensor, shape: tuple[int, 
             f"packed weight shapes {tuple(blocks.shape)} / {tuple(scales.shape)} do not match "
             f"{(*shape, 16)} / {shape}"
         )
-    # The kernels address a row's bytes and scales as contiguous runs.
+    # The kernels address a row's bytes and scales as contiguous runs, rows in whole groups.
     if blocks.stride(-1) != 1 or blocks.stride(-2) != 16 or scales.stride(-1) != 1:
         raise ValueError("packed weights must be contiguous within a row")
+    if blocks.stride(0) % 16 or blocks.stride(1) % 16 or blocks.data_ptr() % 4:
+        raise ValueError("packed weights must be laid out in whole 16-byte groups")
 
 
 # --- ahead-of-time compilation ---------------------------------------------------------------
@@ -400,67 +443,33 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16) -> list[KernelSpec]:
     """Every kernel configuration `moe` can launch, with activations of `dtype`."""
     act = ptr_type(dtype)
     u8, i64, i32 = "*u8", "*i64", "*i32"
-    scalars = ["K", "N_INTER", "A"]
-    strides1 = [
-        "stride_xt",
-        "stride_be",
-        "stride_bn",
-        "stride_se",
-        "stride_sn",
-        "stride_bias",
-        "stride_hp",
-    ]
-    sig1 = {
-        "x_ptr": act,
-        "ids_ptr": i64,
-        "blocks_ptr": u8,
-        "scales_ptr": u8,
-        "bias_ptr": act,
-        "h_ptr": "*fp32",
-    }
-    sig1 |= dict.fromkeys(scalars + strides1, "i32") | {"limit": "fp32", "alpha": "fp32"}
+    strides = ["stride_be", "stride_bn", "stride_se", "stride_sn", "stride_bias"]
+    sig1 = {"x_ptr": act, "ids_ptr": i64, "blocks_ptr": i32, "scales_ptr": u8, "bias_ptr": act,
+            "h_ptr": "*fp32"}  # fmt: skip
+    sig1 |= dict.fromkeys(["N_GROUPS", "N_INTER", "A", *strides], "i32")
+    sig1 |= {"limit": "fp32", "alpha": "fp32", "BLOCK_I": "constexpr", "BLOCK_G": "constexpr"}
+    sig2 = {"h_ptr": "*fp32", "ids_ptr": i64, "w_ptr": act, "blocks_ptr": i32, "scales_ptr": u8,
+            "bias_ptr": act, "out_ptr": act}  # fmt: skip
+    sig2 |= dict.fromkeys(["N_GROUPS", "N", "A", *strides], "i32")
+    sig2 |= {"BLOCK_N": "constexpr", "BLOCK_G": "constexpr"}
     specs = [
         KernelSpec(
             "moe_mlp1_decode",
             _mlp1_decode_kernel,
-            sig1 | {"BLOCK_I": "constexpr", "BLOCK_K": "constexpr"},
-            {"BLOCK_I": DECODE_MLP1["BLOCK_I"], "BLOCK_K": DECODE_MLP1["BLOCK_K"]},
+            sig1,
+            {"BLOCK_I": DECODE_MLP1["BLOCK_I"], "BLOCK_G": DECODE_MLP1["BLOCK_G"]},
             num_warps=DECODE_MLP1["num_warps"],
         ),
-    ]
-    sig2 = {
-        "h_ptr": "*fp32",
-        "ids_ptr": i64,
-        "w_ptr": act,
-        "blocks_ptr": u8,
-        "scales_ptr": u8,
-        "bias_ptr": act,
-        "out_ptr": act,
-    }
-    sig2 |= dict.fromkeys(
-        [
-            "K",
-            "N",
-            "A",
-            "stride_hp",
-            "stride_be",
-            "stride_bn",
-            "stride_se",
-            "stride_sn",
-            "stride_bias",
-            "stride_ot",
-        ],
-        "i32",
-    )
-    specs.append(
         KernelSpec(
             "moe_mlp2_decode",
             _mlp2_decode_kernel,
-            sig2 | {"BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
-            {"BLOCK_N": DECODE_MLP2["BLOCK_N"], "BLOCK_K": DECODE_MLP2["BLOCK_K"]},
+            sig2,
+            {"BLOCK_N": DECODE_MLP2["BLOCK_N"], "BLOCK_G": DECODE_MLP2["BLOCK_G"]},
             num_warps=DECODE_MLP2["num_warps"],
-        )
-    )
+        ),
+    ]
+    scalars = ["K", "N_INTER", "A"]
+    strides1 = ["stride_xt", *strides, "stride_hp"]
     g1 = {
         "x_ptr": act,
         "order_ptr": i32,

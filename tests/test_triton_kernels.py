@@ -80,8 +80,21 @@ def test_moe_matches_reference(t: int, h: int, i: int, e: int, a: int, path: str
     ids, weights = routing(t, e, a, seed=t + 1)
     x = 2.0 * torch.randn(t, h, generator=torch.Generator().manual_seed(t)).to(DEVICE)
     ref = triton_moe.moe_reference(x, ids, weights, **w)
-    out = triton_moe.moe(x, ids, weights, **w, path=path)  # type: ignore[arg-type]
+    out = triton_moe.moe(x, ids, weights, **kernel_layout(w), path=path)  # type: ignore[arg-type]
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def kernel_layout(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return w | {k: triton_moe.kernel_layout(w[k]) for k in ("w1_blocks", "w2_blocks")}
+
+
+def test_kernel_layout_puts_weight_4k_plus_q_at_nibble_k_of_word_q() -> None:
+    codes = torch.randint(0, 16, (3, 2, 32), generator=torch.Generator().manual_seed(0))
+    stored = (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)  # (rows, groups, 16)
+    words = triton_moe.kernel_layout(stored).view(torch.int32).long() & 0xFFFFFFFF  # (.., 4)
+    for q in range(4):
+        for k in range(8):
+            assert torch.equal((words[..., q] >> (4 * k)) & 15, codes[..., 4 * k + q])
 
 
 def test_moe_reference_exercises_the_swiglu_clamps() -> None:
@@ -257,7 +270,7 @@ def test_bf16_activations_without_tl_dot() -> None:
          experts(4, 96, 64, seed=5).items()}  # fmt: skip
     ids, weights = routing(2, 4, 2, seed=6)
     weights = weights.to(torch.bfloat16)
-    out = triton_moe.moe(x[:2], ids, weights, **w, path="decode")
+    out = triton_moe.moe(x[:2], ids, weights, **kernel_layout(w), path="decode")
     assert out.dtype == torch.bfloat16
     ref = triton_moe.moe_reference(x[:2].float(), ids, weights.float(), **w)
     torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=5e-2)
