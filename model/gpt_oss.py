@@ -232,7 +232,7 @@ class MLPBlock(nn.Module):
 def route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Router logits (T, E) -> expert ids (T, A), sorted by logit, and their weights (T, A)."""
     top, ids = torch.topk(logits, top_k, dim=-1, sorted=True)
-    return ids, torch.softmax(top.float(), dim=-1).to(logits.dtype)
+    return ids, torch.softmax(top, dim=-1, dtype=torch.float32).to(logits.dtype)  # fp32 inside
 
 
 def swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:

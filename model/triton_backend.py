@@ -16,7 +16,7 @@ from .gpt_oss import AttentionBlock, MLPBlock, MXFP4Experts, RMSNorm, Transforme
 from .triton_attention import attention
 from .triton_moe import kernel_layout, moe
 from .triton_norm import rms_norm
-from .triton_rope import rope_
+from .triton_rope import rope_, rope_and_cache_
 
 
 class TritonRMSNorm(nn.Module):
@@ -49,26 +49,19 @@ class TritonAttentionBlock(nn.Module):
         """start: an int, or a (1,) int64 tensor on the device (a decode step that a CUDA graph
         replays at every position: the cache is written and read where the tensor says)."""
         t, nh, nkv, hd = x.shape[0], self.nh, self.nkv, self.hd
-        qkv = self.qkv(self.norm(x))  # (T, (nh + 2 nkv) hd)
-        rope_(qkv[:, : (nh + nkv) * hd].view(t, nh + nkv, hd), cos, sin)  # q and k, in place
-        q = qkv[:, : nh * hd].view(t, nh, hd)
-        k = qkv[:, nh * hd : (nh + nkv) * hd].view(t, nkv, hd).transpose(0, 1)  # (nkv, T, hd)
-        v = qkv[:, (nh + nkv) * hd :].view(t, nkv, hd).transpose(0, 1)
-        if isinstance(start, torch.Tensor):
-            if kv is None:
-                raise ValueError("a position tensor needs the KV cache")
-            # (one token: its position is the tensor itself, and no kernel runs to make it)
-            positions = start if t == 1 else start + torch.arange(t, device=x.device)
-            kv[0].index_copy_(1, positions, k)
-            kv[1].index_copy_(1, positions, v)
+        qkv = self.qkv(self.norm(x)).view(t, nh + 2 * nkv, hd)
+        q = qkv[:, :nh]
+        if kv is None:
+            rope_(qkv[:, : nh + nkv], cos, sin)  # q and k, in place
+            k = qkv[:, nh : nh + nkv].transpose(0, 1)  # (nkv, T, hd)
+            v = qkv[:, nh + nkv :].transpose(0, 1)
+            return self.out(attention(q, k, v, self.sinks, start, start, self.window))
+        rope_and_cache_(qkv, nh, cos, sin, kv[0], kv[1], start)
+        if isinstance(start, torch.Tensor):  # the whole cache; attention reads the position
             return self.out(attention(q, kv[0], kv[1], self.sinks, start, 0, self.window))
-        first = start  # position of the first key in k / v
-        if kv is not None:
-            end = start + t
-            kv[0][:, start:end] = k
-            kv[1][:, start:end] = v
-            first = 0 if self.window is None else max(0, start - self.window + 1)
-            k, v = kv[0][:, first:end], kv[1][:, first:end]  # (nkv, S, hd)
+        end = start + t
+        first = 0 if self.window is None else max(0, start - self.window + 1)
+        k, v = kv[0][:, first:end], kv[1][:, first:end]  # (nkv, S, hd)
         return self.out(attention(q, k, v, self.sinks, start, first, self.window))
 
 

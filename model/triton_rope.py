@@ -26,22 +26,41 @@ def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tor
 
 @triton.jit
 def _rope_kernel(
-    x_ptr, cos_ptr, sin_ptr, n_heads, stride_xt, stride_xh, stride_ct, stride_st,
-    HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+    x_ptr, cos_ptr, sin_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, start, n_rotated, n_k, n_heads,
+    stride_xt, stride_xh, stride_ct, stride_st, stride_kh, stride_kl, stride_vh, stride_vl,
+    HALF: tl.constexpr, BLOCK_H: tl.constexpr, CACHE: tl.constexpr, POS_IN_MEMORY: tl.constexpr,
 ):  # fmt: skip
-    """grid (T, head tiles); rotates in place."""
+    """grid (T, head tiles): heads [0, n_rotated) rotated in place; with CACHE, heads
+    [n_rotated - n_k, n_rotated) (k, rotated) and [n_rotated, n_heads) (v) also stored in the
+    caches at position start + t (start read from pos_ptr with POS_IN_MEMORY)."""
     tok = tl.program_id(0).to(tl.int64)
-    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    head = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HALF)
     c = tl.load(cos_ptr + tok * stride_ct + offs_d).to(tl.float32)[None, :]  # (1, hd/2)
     s = tl.load(sin_ptr + tok * stride_st + offs_d).to(tl.float32)[None, :]
-    mask = (offs_h < n_heads)[:, None]
-    p1 = x_ptr + tok * stride_xt + offs_h[:, None] * stride_xh + offs_d[None, :]  # (BH, hd/2)
+    rotated = (head < n_rotated)[:, None]
+    mask = (head < n_heads)[:, None]
+    p1 = x_ptr + tok * stride_xt + head[:, None] * stride_xh + offs_d[None, :]  # (BH, hd/2)
     x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
     dt = x_ptr.dtype.element_ty
-    tl.store(p1, (x1 * c - x2 * s).to(dt), mask=mask)
-    tl.store(p1 + HALF, (x2 * c + x1 * s).to(dt), mask=mask)
+    y1 = tl.where(rotated, x1 * c - x2 * s, x1).to(dt)
+    y2 = tl.where(rotated, x2 * c + x1 * s, x2).to(dt)
+    tl.store(p1, y1, mask=rotated)
+    tl.store(p1 + HALF, y2, mask=rotated)
+    if CACHE:
+        if POS_IN_MEMORY:
+            start = tl.load(pos_ptr).to(tl.int64)
+        pos = start + tok
+        kvh = head[:, None] - (n_rotated - n_k)  # k heads 0 .. n_k - 1, then v heads
+        is_k = (kvh >= 0) & rotated
+        is_v = mask & ~rotated
+        pk = k_cache_ptr + kvh * stride_kh + pos * stride_kl + offs_d[None, :]
+        tl.store(pk, y1.to(k_cache_ptr.dtype.element_ty), mask=is_k)
+        tl.store(pk + HALF, y2.to(k_cache_ptr.dtype.element_ty), mask=is_k)
+        pv = v_cache_ptr + (kvh - n_k) * stride_vh + pos * stride_vl + offs_d[None, :]
+        tl.store(pv, y1.to(v_cache_ptr.dtype.element_ty), mask=is_v)
+        tl.store(pv + HALF, y2.to(v_cache_ptr.dtype.element_ty), mask=is_v)
 
 
 BLOCK_HEADS = 16
@@ -50,33 +69,71 @@ BLOCK_HEADS = 16
 def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x (T, heads, hd) in place (any strides, last dim contiguous); returns x."""
     t, heads, hd = x.shape
-    if x.stride(-1) != 1 or hd % 2 or hd // 2 != next_pow2(hd // 2):
-        raise ValueError(f"need a contiguous last dim and hd/2 a power of 2 (hd = {hd})")
-    if tuple(cos.shape) != (t, hd // 2) or tuple(sin.shape) != (t, hd // 2):
-        raise ValueError(f"cos / sin must be {(t, hd // 2)}, got {tuple(cos.shape)}")
+    _check(x, cos, sin)
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     if t:
         block_h = min(BLOCK_HEADS, next_pow2(heads))
         _rope_kernel[(t, -(-heads // block_h))](
-            x, cos, sin, heads, x.stride(0), x.stride(1), cos.stride(0), sin.stride(0),
-            HALF=hd // 2, BLOCK_H=block_h, num_warps=NUM_WARPS,
+            x, cos, sin, x, x, x, 0, heads, 0, heads,
+            x.stride(0), x.stride(1), cos.stride(0), sin.stride(0), 0, 0, 0, 0, HALF=hd // 2,
+            BLOCK_H=block_h, CACHE=False, POS_IN_MEMORY=False, num_warps=NUM_WARPS,
         )  # fmt: skip
     return x
 
 
+def rope_and_cache_(
+    qkv: torch.Tensor,
+    n_q: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    start: int | torch.Tensor,
+) -> None:
+    """qkv (T, n_q + 2 nkv, hd): rotate q and k in place and store k and v in the caches
+    (nkv, L, hd) at positions start.. (an int, or a (1,) int64 tensor on the device, read there
+    so that a CUDA graph can replay the launch). One launch instead of a rotation and two copies.
+    """
+    t, heads, hd = qkv.shape
+    nkv = (heads - n_q) // 2
+    _check(qkv, cos, sin)
+    if k_cache.shape != v_cache.shape or k_cache.shape[0] != nkv or k_cache.shape[2] != hd:
+        raise ValueError(f"caches {tuple(k_cache.shape)} do not hold {nkv} heads of {hd}")
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("the caches must be contiguous in their last dimension")
+    in_memory = isinstance(start, torch.Tensor)
+    cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    if t:
+        block_h = min(BLOCK_HEADS, next_pow2(heads))
+        _rope_kernel[(t, -(-heads // block_h))](
+            qkv, cos, sin, k_cache, v_cache,
+            start if in_memory else k_cache, 0 if in_memory else start, n_q + nkv, nkv, heads,
+            qkv.stride(0), qkv.stride(1), cos.stride(0), sin.stride(0), k_cache.stride(0),
+            k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), HALF=hd // 2,
+            BLOCK_H=block_h, CACHE=True, POS_IN_MEMORY=in_memory, num_warps=NUM_WARPS,
+        )  # fmt: skip
+
+
+def _check(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    t, _, hd = x.shape
+    if x.stride(-1) != 1 or hd % 2 or hd // 2 != next_pow2(hd // 2):
+        raise ValueError(f"need a contiguous last dim and hd/2 a power of 2 (hd = {hd})")
+    if tuple(cos.shape) != (t, hd // 2) or tuple(sin.shape) != (t, hd // 2):
+        raise ValueError(f"cos / sin must be {(t, hd // 2)}, got {tuple(cos.shape)}")
+
+
 def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dim: int = 64) -> list[KernelSpec]:
+    """rope_ and rope_and_cache_ (position as an argument or in memory) at the model's heads."""
     act = ptr_type(dtype)
-    sig = {
-        "x_ptr": act,
-        "cos_ptr": "*fp32",
-        "sin_ptr": "*fp32",
-        "n_heads": "i32",
-        "stride_xt": "i32",
-        "stride_xh": "i32",
-        "stride_ct": "i32",
-        "stride_st": "i32",
-        "HALF": "constexpr",
-        "BLOCK_H": "constexpr",
-    }
-    const = {"HALF": head_dim // 2, "BLOCK_H": BLOCK_HEADS}
-    return [KernelSpec("rope", _rope_kernel, sig, const, num_warps=NUM_WARPS)]
+    specs = []
+    for cache, in_memory in ((False, False), (True, False), (True, True)):
+        sig = {"x_ptr": act, "cos_ptr": "*fp32", "sin_ptr": "*fp32", "k_cache_ptr": act,
+               "v_cache_ptr": act, "pos_ptr": "*i64" if in_memory else act}  # fmt: skip
+        sig |= dict.fromkeys(["start", "n_rotated", "n_k", "n_heads"], "i32")
+        sig |= dict.fromkeys(["stride_xt", "stride_xh", "stride_ct", "stride_st", "stride_kh",
+                              "stride_kl", "stride_vh", "stride_vl"], "i32")  # fmt: skip
+        const = {"HALF": head_dim // 2, "BLOCK_H": BLOCK_HEADS, "CACHE": cache,
+                 "POS_IN_MEMORY": in_memory}  # fmt: skip
+        specs.append(KernelSpec("rope", _rope_kernel, sig | dict.fromkeys(const, "constexpr"),
+                                const, num_warps=NUM_WARPS))  # fmt: skip
+    return specs

@@ -246,6 +246,27 @@ def test_rope_matches_the_model(start: int, heads: int, hd: int) -> None:
     torch.testing.assert_close(qkv[:, heads * hd :], tail, rtol=0, atol=0)  # v untouched
 
 
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_rope_and_cache_rotates_and_stores_k_and_v(in_memory: bool) -> None:
+    """One launch: q and k rotated in place, k (rotated) and v written to the caches."""
+    t, nh, nkv, hd, start = 3, 4, 2, 16, 7
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn(t, nh + 2 * nkv, hd, generator=g).to(DEVICE)
+    cos, sin = torch.rand(t, hd // 2, generator=g), torch.rand(t, hd // 2, generator=g)
+    k_cache = torch.randn(nkv, 16, hd, generator=g).to(DEVICE)
+    v_cache = torch.randn(nkv, 16, hd, generator=g).to(DEVICE)
+    want_qk = triton_rope.rope_reference(qkv[:, : nh + nkv].cpu(), cos, sin)
+    want_k, want_v = k_cache.cpu().clone(), v_cache.cpu().clone()
+    want_k[:, start : start + t] = want_qk[:, nh:].transpose(0, 1)
+    want_v[:, start : start + t] = qkv[:, nh + nkv :].cpu().transpose(0, 1)
+    want_qkv = torch.cat([want_qk, qkv[:, nh + nkv :].cpu()], dim=1)
+    pos = torch.tensor([start], device=DEVICE) if in_memory else start
+    triton_rope.rope_and_cache_(qkv, nh, cos.to(DEVICE), sin.to(DEVICE), k_cache, v_cache, pos)
+    torch.testing.assert_close(qkv.cpu(), want_qkv, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(k_cache.cpu(), want_k, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v_cache.cpu(), want_v, rtol=0, atol=0)
+
+
 # --- bf16 activations ------------------------------------------------------------------------
 
 
