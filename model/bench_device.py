@@ -74,7 +74,7 @@ def run_device_bench(
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     model = build_model(
-        config, random_tensors(config, seed=seed, packed=True, dtype=torch.bfloat16),
+        config, random_tensors(config, seed=seed, packed=True, dtype=torch.bfloat16, device=dev),
         packed=True, dtype=torch.bfloat16, device=dev, backend=backend,
         max_context=max(prompt_lens) + decode_tokens + 1,
     )  # fmt: skip
