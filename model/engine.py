@@ -131,9 +131,8 @@ class GptOss:
         return logits
 
     def _forward(self, tokens: list[int]) -> torch.Tensor:
-        """Append `tokens` to the cache -> logits of the last one (valid until the next call).
-
-        The bookkeeping moves only once the forward completed."""
+        """Append `tokens` to the cache -> logits of the last one, valid until the next call
+        (a CUDA graph reuses its buffer); the bookkeeping moves only once the forward completed."""
         start = len(self.cached)
         if start + len(tokens) > self.max_context:
             raise ValueError(
