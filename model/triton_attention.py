@@ -333,7 +333,7 @@ def aot_specs(
             KernelSpec(
                 "attn_prefill",
                 _prefill_kernel,
-                sig | dict.fromkeys(const, "constexpr"),
+                sig,
                 const,
                 num_warps=PREFILL["num_warps"],
                 num_stages=PREFILL["num_stages"],
@@ -360,7 +360,7 @@ def aot_specs(
                     KernelSpec(
                         "attn_decode",
                         _decode_kernel,
-                        sig | dict.fromkeys(const, "constexpr"),
+                        sig,
                         const,
                         num_warps=DECODE["num_warps"],
                         num_stages=DECODE["num_stages"],
@@ -382,7 +382,7 @@ def aot_specs(
             KernelSpec(
                 "attn_decode_combine",
                 _decode_combine_kernel,
-                sig | dict.fromkeys(const, "constexpr"),
+                sig,
                 const,
             )
         )

@@ -43,9 +43,9 @@ def cdiv(a: int, b: int) -> int:
 class KernelSpec:
     """One kernel at one block configuration, as `triton.compile` wants it.
 
-    signature: argument name -> Triton type ("*bf16", "i32", "fp32", "constexpr").
-    constexprs: values of the constexpr arguments. Pointer arguments are compiled as 16-byte
-    aligned, as a launch on torch allocations specialises them.
+    signature: argument name -> Triton type ("*bf16", "i32", "fp32"), in the kernel's order;
+    the constexpr arguments (always last) are added from `constexprs`, their values. Pointer
+    arguments are compiled as 16-byte aligned, as a launch on torch allocations specialises them.
     """
 
     name: str
@@ -54,6 +54,10 @@ class KernelSpec:
     constexprs: dict[str, Any]
     num_warps: int = 4
     num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        full = self.signature | dict.fromkeys(self.constexprs, "constexpr")
+        object.__setattr__(self, "signature", full)
 
     @property
     def label(self) -> str:

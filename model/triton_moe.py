@@ -447,11 +447,10 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16) -> list[KernelSpec]:
     sig1 = {"x_ptr": act, "ids_ptr": i64, "blocks_ptr": i32, "scales_ptr": u8, "bias_ptr": act,
             "h_ptr": "*fp32"}  # fmt: skip
     sig1 |= dict.fromkeys(["N_GROUPS", "N_INTER", "A", *strides], "i32")
-    sig1 |= {"limit": "fp32", "alpha": "fp32", "BLOCK_I": "constexpr", "BLOCK_G": "constexpr"}
+    sig1 |= {"limit": "fp32", "alpha": "fp32"}
     sig2 = {"h_ptr": "*fp32", "ids_ptr": i64, "w_ptr": act, "blocks_ptr": i32, "scales_ptr": u8,
             "bias_ptr": act, "out_ptr": act}  # fmt: skip
     sig2 |= dict.fromkeys(["N_GROUPS", "N", "A", *strides], "i32")
-    sig2 |= {"BLOCK_N": "constexpr", "BLOCK_G": "constexpr"}
     specs = [
         KernelSpec(
             "moe_mlp1_decode",
@@ -513,7 +512,7 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16) -> list[KernelSpec]:
             KernelSpec(
                 "moe_mlp1_grouped",
                 _mlp1_grouped_kernel,
-                g1 | dict.fromkeys(c1, "constexpr"),
+                g1,
                 c1,
                 num_warps=cfg1["num_warps"],
                 num_stages=cfg1["num_stages"],
@@ -524,7 +523,7 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16) -> list[KernelSpec]:
             KernelSpec(
                 "moe_mlp2_grouped",
                 _mlp2_grouped_kernel,
-                g2 | dict.fromkeys(c2, "constexpr"),
+                g2,
                 c2,
                 num_warps=cfg2["num_warps"],
                 num_stages=cfg2["num_stages"],

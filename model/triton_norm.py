@@ -62,7 +62,6 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16, hidden: int = 2880) -> list[K
         "eps": "fp32",
         "stride_xt": "i32",
         "stride_ot": "i32",
-        "BLOCK_H": "constexpr",
     }
     const = {"BLOCK_H": next_pow2(hidden)}
     return [KernelSpec("rms_norm", _rms_norm_kernel, sig, const, num_warps=NUM_WARPS)]

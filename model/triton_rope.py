@@ -134,6 +134,6 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16, head_dim: int = 64) -> list[K
                               "stride_kl", "stride_vh", "stride_vl"], "i32")  # fmt: skip
         const = {"HALF": head_dim // 2, "BLOCK_H": BLOCK_HEADS, "CACHE": cache,
                  "POS_IN_MEMORY": in_memory}  # fmt: skip
-        specs.append(KernelSpec("rope", _rope_kernel, sig | dict.fromkeys(const, "constexpr"),
+        specs.append(KernelSpec("rope", _rope_kernel, sig,
                                 const, num_warps=NUM_WARPS))  # fmt: skip
     return specs
