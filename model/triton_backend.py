@@ -1,21 +1,25 @@
 """The Triton backend: model surgery on the PyTorch gpt-oss.
 
-`use_triton(transformer)` swaps, in place, every RMSNorm, attention block and MXFP4 mixture of
-experts for a module that shares the same parameters and runs the Triton kernels; the rest
-(embedding, the qkv / out / router / unembedding Linears) stays in PyTorch, where cuBLAS is as
-good as it gets. Experts loaded dense keep the PyTorch MoE (its norm still becomes Triton's).
-The swapped model keeps the forward signatures, so the engine and its KV cache are unchanged.
+`use_triton(transformer)` swaps, in place, every block for one that shares the same parameters
+and runs the Triton kernels; the embedding and the qkv / out / router / unembedding matrix
+products stay in PyTorch, where cuBLAS is as good as it gets. A block with MXFP4 experts fuses
+its residual adds: the out projection's bias and the residual add run with the MLP's RMSNorm
+(`add_rms_norm`), routing is one kernel, and the MoE's second kernel adds the residual, so a
+one-token step is 11 launches per layer. Experts loaded dense keep the PyTorch MoE and block
+(its norms still become Triton's). The swapped model keeps the forward signatures, so the engine
+and its KV cache are unchanged.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .gpt_oss import AttentionBlock, MLPBlock, MXFP4Experts, RMSNorm, Transformer, route
+from .gpt_oss import AttentionBlock, Block, MLPBlock, MXFP4Experts, RMSNorm, Transformer
 from .triton_attention import attention
-from .triton_moe import kernel_layout, moe
-from .triton_norm import rms_norm
+from .triton_moe import kernel_layout, moe, route
+from .triton_norm import add_rms_norm, rms_norm
 from .triton_rope import rope_, rope_and_cache_
 
 
@@ -46,8 +50,19 @@ class TritonAttentionBlock(nn.Module):
         sin: torch.Tensor,
         kv: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
-        """start: an int, or a (1,) int64 tensor on the device (a decode step that a CUDA graph
-        replays at every position: the cache is written and read where the tensor says)."""
+        return self.out(self.attend(x, start, cos, sin, kv))
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        start: int | torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """The attention output before the out projection, (T, nh hd). start: an int, or a (1,)
+        int64 tensor on the device (a decode step that a CUDA graph replays at every position:
+        the cache is written and read where the tensor says)."""
         t, nh, nkv, hd = x.shape[0], self.nh, self.nkv, self.hd
         qkv = self.qkv(self.norm(x)).view(t, nh + 2 * nkv, hd)
         q = qkv[:, :nh]
@@ -55,18 +70,18 @@ class TritonAttentionBlock(nn.Module):
             rope_(qkv[:, : nh + nkv], cos, sin)  # q and k, in place
             k = qkv[:, nh : nh + nkv].transpose(0, 1)  # (nkv, T, hd)
             v = qkv[:, nh + nkv :].transpose(0, 1)
-            return self.out(attention(q, k, v, self.sinks, start, start, self.window))
+            return attention(q, k, v, self.sinks, start, start, self.window)
         rope_and_cache_(qkv, nh, cos, sin, kv[0], kv[1], start)
         if isinstance(start, torch.Tensor):  # the whole cache; attention reads the position
-            return self.out(attention(q, kv[0], kv[1], self.sinks, start, 0, self.window))
+            return attention(q, kv[0], kv[1], self.sinks, start, 0, self.window)
         end = start + t
         first = 0 if self.window is None else max(0, start - self.window + 1)
         k, v = kv[0][:, first:end], kv[1][:, first:end]  # (nkv, S, hd)
-        return self.out(attention(q, k, v, self.sinks, start, first, self.window))
+        return attention(q, k, v, self.sinks, start, first, self.window)
 
 
 class TritonMLPBlock(nn.Module):
-    """MLPBlock whose MXFP4 experts run in the fused Triton kernels; routing stays in PyTorch.
+    """MLPBlock whose MXFP4 experts run in the fused Triton kernels, and routing in one kernel.
 
     It takes over the block's expert tensors, the packed ones reordered for the kernels
     (`kernel_layout`, one expert at a time, so loading 120b needs little extra memory).
@@ -86,23 +101,48 @@ class TritonMLPBlock(nn.Module):
         self.mlp2_scales, self.mlp2_bias = ex.mlp2_scales, ex.mlp2_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.norm(x)  # (T, H)
+        return self.experts(self.norm(x))
+
+    def experts(self, t: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The routed experts on normalised t (T, H), plus `residual` if given."""
         ids, weights = route(self.gate(t), self.top_k)  # (T, A) each
         return moe(
             t, ids, weights,
             self.mlp1_blocks, self.mlp1_scales, self.mlp1_bias,
             self.mlp2_blocks, self.mlp2_scales, self.mlp2_bias,
-            limit=self.limit, alpha=self.alpha,
+            limit=self.limit, alpha=self.alpha, residual=residual,
         )  # fmt: skip
+
+
+class TritonBlock(nn.Module):
+    """Block with MXFP4 experts, its residual adds fused into the kernels around them."""
+
+    def __init__(self, block: Block) -> None:
+        super().__init__()
+        self.attn = TritonAttentionBlock(block.attn)
+        self.mlp = TritonMLPBlock(block.mlp)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        start: int | torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        out = self.attn.out
+        h = F.linear(self.attn.attend(x, start, cos, sin, kv), out.weight)  # bias added below
+        x, t = add_rms_norm(x, h, out.bias, self.mlp.norm.scale, self.mlp.norm.eps)
+        return self.mlp.experts(t, residual=x)
 
 
 def use_triton(model: Transformer) -> Transformer:
     """Swap the Triton modules into `model`, in place; returns it."""
     model.norm = TritonRMSNorm(model.norm)
-    for block in model.block:
-        block.attn = TritonAttentionBlock(block.attn)
+    for i, block in enumerate(model.block):
         if isinstance(block.mlp.experts, MXFP4Experts):
-            block.mlp = TritonMLPBlock(block.mlp)
+            model.block[i] = TritonBlock(block)
         else:
+            block.attn = TritonAttentionBlock(block.attn)
             block.mlp.norm = TritonRMSNorm(block.mlp.norm)
     return model

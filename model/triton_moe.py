@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .mxfp4 import dequantize
-from .triton_common import KernelSpec, cdiv, ptr_type
+from .triton_common import KernelSpec, cdiv, next_pow2, ptr_type
 
 Path = Literal["decode", "grouped"]
 
@@ -51,6 +51,7 @@ GROUPED_MLP2 = {
     64: {"BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
 }
 DECODE_MAX_TOKENS = 4  # beyond this the grouped path reads each expert's weights once
+ROUTE_WARPS = 1  # one token's 32 or 128 logits
 
 
 def kernel_layout(blocks: torch.Tensor) -> torch.Tensor:
@@ -187,17 +188,21 @@ def _mlp1_decode_kernel(
 
 @triton.jit
 def _mlp2_decode_kernel(
-    h_ptr, ids_ptr, w_ptr, blocks_ptr, scales_ptr, bias_ptr, out_ptr, N_GROUPS, N, A, stride_be,
-    stride_bn, stride_se, stride_sn, stride_bias, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    h_ptr, ids_ptr, w_ptr, blocks_ptr, scales_ptr, bias_ptr, res_ptr, out_ptr, N_GROUPS, N, A,
+    stride_be, stride_bn, stride_se, stride_sn, stride_bias, RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
 ):  # fmt: skip
-    """out[t, n] = sum_a w[t, a] (h[t A + a] . W2[e_a, n] + b2[e_a, n]); grid (T, N tiles).
+    """out[t, n] = sum_a w[t, a] (h[t A + a] . W2[e_a, n] + b2[e_a, n]) (+ res[t, n] with
+    RESIDUAL); grid (T, N tiles).
 
-    h (P, 32 N_GROUPS) fp32 and out (T, N) contiguous; blocks as for the mlp1 kernel.
+    h (P, 32 N_GROUPS) fp32, res and out (T, N) contiguous; blocks as for the mlp1 kernel.
     """
     tok = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     out = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if RESIDUAL:
+        out += tl.load(res_ptr + tok.to(tl.int64) * N + offs_n, mask=mask_n).to(tl.float32)
     for a in range(0, A):
         pair = tok * A + a
         e = tl.load(ids_ptr + pair).to(tl.int64)
@@ -316,7 +321,50 @@ def _mlp2_grouped_kernel(
     tl.store(y_rows, y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def _route_kernel(
+    logits_ptr, ids_ptr, w_ptr, E, stride_lt, A: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+):  # fmt: skip
+    """The A largest router logits of a token, largest first (the lower expert first among
+    equals), and their softmax in fp32; grid (T,)."""
+    tok = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_E)
+    logits = tl.load(logits_ptr + tok * stride_lt + offs, mask=offs < E, other=float("-inf"))
+    logits = logits.to(tl.float32)
+    slots = tl.arange(0, BLOCK_A)
+    top = tl.full([BLOCK_A], float("-inf"), tl.float32)
+    ids = tl.zeros([BLOCK_A], dtype=tl.int32)
+    for a in tl.static_range(A):
+        best = tl.max(logits, axis=0)
+        i = tl.min(tl.where(logits == best, offs, BLOCK_E), axis=0)
+        top = tl.where(slots == a, best, top)
+        ids = tl.where(slots == a, i, ids)
+        logits = tl.where(offs == i, float("-inf"), logits)
+    p = tl.exp(top - tl.max(top, axis=0))  # the unused slots give exp(-inf) = 0
+    p = p / tl.sum(p, axis=0)
+    tl.store(ids_ptr + tok * A + slots, ids.to(tl.int64), mask=slots < A)
+    tl.store(w_ptr + tok * A + slots, p.to(w_ptr.dtype.element_ty), mask=slots < A)
+
+
 # --- host ------------------------------------------------------------------------------------
+
+
+def route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gpt_oss.route` in one launch: logits (T, E) -> expert ids (T, A) int64, largest logit
+    first, and their softmax weights (T, A) in the logits' dtype."""
+    t, e = logits.shape
+    if not 1 <= top_k <= e:
+        raise ValueError(f"top_k must be in 1..{e}, got {top_k}")
+    logits = logits if logits.stride(-1) == 1 else logits.contiguous()
+    ids = torch.empty(t, top_k, device=logits.device, dtype=torch.long)
+    weights = torch.empty(t, top_k, device=logits.device, dtype=logits.dtype)
+    if t:
+        _route_kernel[(t,)](
+            logits, ids, weights, e, logits.stride(0), A=top_k, BLOCK_E=next_pow2(e),
+            BLOCK_A=next_pow2(top_k), num_warps=ROUTE_WARPS,
+        )  # fmt: skip
+    return ids, weights
 
 
 def moe(
@@ -332,12 +380,14 @@ def moe(
     *,
     limit: float = 7.0,
     alpha: float = 1.702,
+    residual: torch.Tensor | None = None,
     path: Path | None = None,
 ) -> torch.Tensor:
     """x (T, H), expert ids / router weights (T, A) -> sum_a w_a expert_a(x) (T, H), x's dtype.
 
-    The blocks must be in the kernels' nibble order (`kernel_layout`). path: "decode" or
-    "grouped"; None picks decode for at most DECODE_MAX_TOKENS tokens.
+    The blocks must be in the kernels' nibble order (`kernel_layout`). residual (T, H): added to
+    the sum before it is rounded to x's dtype. path: "decode" or "grouped"; None picks decode
+    for at most DECODE_MAX_TOKENS tokens.
     """
     t, hdim = x.shape
     e, two_i = w1_blocks.shape[:2]
@@ -361,11 +411,12 @@ def moe(
             BLOCK_G=cfg1["BLOCK_G"], num_warps=cfg1["num_warps"],
         )  # fmt: skip
         out = torch.empty_like(x)
+        res = out if residual is None else residual.contiguous()
         _mlp2_decode_kernel[(t, cdiv(hdim, cfg2["BLOCK_N"]))](
-            h, ids, weights, w2_blocks.view(torch.int32), w2_scales, b2, out, inter // 32, hdim, a,
-            w2_blocks.stride(0) // 16, w2_blocks.stride(1) // 16, w2_scales.stride(0),
-            w2_scales.stride(1), b2.stride(0), BLOCK_N=cfg2["BLOCK_N"], BLOCK_G=cfg2["BLOCK_G"],
-            num_warps=cfg2["num_warps"],
+            h, ids, weights, w2_blocks.view(torch.int32), w2_scales, b2, res, out, inter // 32,
+            hdim, a, w2_blocks.stride(0) // 16, w2_blocks.stride(1) // 16, w2_scales.stride(0),
+            w2_scales.stride(1), b2.stride(0), RESIDUAL=residual is not None,
+            BLOCK_N=cfg2["BLOCK_N"], BLOCK_G=cfg2["BLOCK_G"], num_warps=cfg2["num_warps"],
         )  # fmt: skip
         return out
     if path != "grouped":
@@ -389,7 +440,8 @@ def moe(
         BLOCK_K=cfg2["BLOCK_K"], num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
     )  # fmt: skip
     # A token's pairs are adjacent rows: sum them in fp32 (deterministic, unlike atomics).
-    return y.view(t, a, hdim).sum(dim=1).to(x.dtype)
+    total = y.view(t, a, hdim).sum(dim=1)
+    return (total if residual is None else total + residual.float()).to(x.dtype)
 
 
 def grouped_block_m(pairs: int, num_experts: int) -> int:
@@ -449,7 +501,7 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16) -> list[KernelSpec]:
     sig1 |= dict.fromkeys(["N_GROUPS", "N_INTER", "A", *strides], "i32")
     sig1 |= {"limit": "fp32", "alpha": "fp32"}
     sig2 = {"h_ptr": "*fp32", "ids_ptr": i64, "w_ptr": act, "blocks_ptr": i32, "scales_ptr": u8,
-            "bias_ptr": act, "out_ptr": act}  # fmt: skip
+            "bias_ptr": act, "res_ptr": act, "out_ptr": act}  # fmt: skip
     sig2 |= dict.fromkeys(["N_GROUPS", "N", "A", *strides], "i32")
     specs = [
         KernelSpec(
@@ -459,14 +511,17 @@ def aot_specs(dtype: torch.dtype = torch.bfloat16) -> list[KernelSpec]:
             {"BLOCK_I": DECODE_MLP1["BLOCK_I"], "BLOCK_G": DECODE_MLP1["BLOCK_G"]},
             num_warps=DECODE_MLP1["num_warps"],
         ),
-        KernelSpec(
-            "moe_mlp2_decode",
-            _mlp2_decode_kernel,
-            sig2,
-            {"BLOCK_N": DECODE_MLP2["BLOCK_N"], "BLOCK_G": DECODE_MLP2["BLOCK_G"]},
-            num_warps=DECODE_MLP2["num_warps"],
-        ),
     ]
+    for res in (False, True):
+        cfg = DECODE_MLP2
+        const = {"RESIDUAL": res, "BLOCK_N": cfg["BLOCK_N"], "BLOCK_G": cfg["BLOCK_G"]}
+        specs.append(
+            KernelSpec("moe_mlp2_decode", _mlp2_decode_kernel, sig2, const, cfg["num_warps"])
+        )
+    for num_experts, top_k in ((32, 4), (128, 4)):  # gpt-oss-20b and 120b
+        sig = {"logits_ptr": act, "ids_ptr": i64, "w_ptr": act, "E": "i32", "stride_lt": "i32"}
+        const = {"A": top_k, "BLOCK_E": num_experts, "BLOCK_A": next_pow2(top_k)}
+        specs.append(KernelSpec("moe_route", _route_kernel, sig, const, num_warps=ROUTE_WARPS))
     scalars = ["K", "N_INTER", "A"]
     strides1 = ["stride_xt", *strides, "stride_hp"]
     g1 = {

@@ -21,7 +21,7 @@ from model.triton_common import kernel_test_mode
 
 with kernel_test_mode() as MODE:
     pytest.importorskip("triton")
-    from model.triton_backend import TritonAttentionBlock, TritonMLPBlock
+    from model.triton_backend import TritonAttentionBlock, TritonBlock, TritonMLPBlock
 
 if MODE == "unavailable":
     pytest.skip("triton imported without the interpreter: run in a subprocess by "
@@ -56,7 +56,7 @@ def test_surgery_swaps_the_modules(folder: Path) -> None:
     m = load(folder, triton=True)
     for block in m.transformer.block:
         assert isinstance(block.attn, TritonAttentionBlock)
-        assert isinstance(block.mlp, TritonMLPBlock)
+        assert isinstance(block, TritonBlock) and isinstance(block.mlp, TritonMLPBlock)
 
 
 def test_logits_and_greedy_tokens_match_torch(folder: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.config import ModelConfig
-from model.gpt_oss import apply_rope, rope_cos_sin, rope_inv_freq
+from model.gpt_oss import apply_rope, rope_cos_sin, rope_inv_freq, route
 from model.gpt_oss import attention as model_attention
 from model.mxfp4 import dequantize
 from model.triton_common import kernel_test_mode
@@ -95,6 +95,26 @@ def test_kernel_layout_puts_weight_4k_plus_q_at_nibble_k_of_word_q() -> None:
     for q in range(4):
         for k in range(8):
             assert torch.equal((words[..., q] >> (4 * k)) & 15, codes[..., 4 * k + q])
+
+
+@pytest.mark.parametrize("path", ["decode", "grouped"])
+def test_moe_adds_the_residual(path: str) -> None:
+    w = experts(4, 64, 64, seed=2)
+    ids, weights = routing(3, 4, 2, seed=3)
+    g = torch.Generator().manual_seed(4)
+    x, res = torch.randn(3, 64, generator=g).to(DEVICE), torch.randn(3, 64, generator=g).to(DEVICE)
+    ref = triton_moe.moe_reference(x, ids, weights, **w) + res
+    out = triton_moe.moe(x, ids, weights, **kernel_layout(w), residual=res, path=path)  # type: ignore[arg-type]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("t", "e", "a"), [(1, 32, 4), (5, 128, 4), (2, 6, 1), (1, 8, 8)])
+def test_route_matches_the_model(t: int, e: int, a: int) -> None:
+    logits = torch.randn(t, e, generator=torch.Generator().manual_seed(e)).to(DEVICE)
+    want_ids, want_w = route(logits.cpu(), a)
+    ids, w = triton_moe.route(logits, a)
+    assert ids.dtype == torch.long and torch.equal(ids.cpu(), want_ids)
+    torch.testing.assert_close(w.cpu(), want_w, rtol=1e-6, atol=1e-6)
 
 
 def test_moe_reference_exercises_the_swiglu_clamps() -> None:
@@ -226,6 +246,16 @@ def test_rms_norm_matches_reference(shape: tuple[int, ...]) -> None:
     scale = torch.rand(shape[-1], generator=g).to(DEVICE) + 0.5
     ref = triton_norm.rms_norm_reference(x, scale, 1e-5)
     torch.testing.assert_close(triton_norm.rms_norm(x, scale, 1e-5), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_add_rms_norm_returns_the_sum_and_its_norm() -> None:
+    g = torch.Generator().manual_seed(8)
+    x, h = torch.randn(3, 72, generator=g).to(DEVICE), torch.randn(3, 72, generator=g).to(DEVICE)
+    bias, scale = torch.randn(72, generator=g).to(DEVICE), torch.rand(72, generator=g).to(DEVICE)
+    total, normed = triton_norm.add_rms_norm(x, h, bias, scale, 1e-5)
+    torch.testing.assert_close(total, x + h + bias, rtol=1e-6, atol=1e-6)
+    want = triton_norm.rms_norm_reference(x + h + bias, scale, 1e-5)
+    torch.testing.assert_close(normed, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("start", "heads", "hd"), [(0, 6, 16), (100_000, 20, 64)])
