@@ -115,7 +115,7 @@ def run_device_bench(
         "device": str(dev)
         + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
         "backend": backend,
-        "cuda_graph": model.cuda_graph,
+        "cuda_graph": model.graph_captured,
         "build_s": build_s,
         "weights_gib": weights_gib,
         "peak_gib": _peak_gib(dev),

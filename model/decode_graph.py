@@ -10,6 +10,8 @@ position tensor).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .gpt_oss import KVCache, Transformer
@@ -21,7 +23,8 @@ class DecodeStep:
     capture=False runs the same step without a graph (on the CPU under the Triton interpreter,
     which is how the tests check it). The graph is captured at the first call, at that call's
     position: the warm-up runs (which compile the kernels outside the capture) write exactly the
-    cache entries the step itself writes.
+    cache entries the step itself writes. A capture that fails warns once and leaves the step
+    eager (capture launches nothing, so the cache is as the warm-up left it).
     """
 
     def __init__(self, transformer: Transformer, cache: KVCache, *, capture: bool) -> None:
@@ -35,11 +38,15 @@ class DecodeStep:
     def __call__(self, token: int, position: int) -> torch.Tensor:
         self.token.fill_(token)  # a fill kernel on the stream: no host copy, no sync
         self.position.fill_(position)
-        if not self.capture:
-            return self._run()
+        if self.capture and self.graph is None:
+            try:
+                self._capture()
+            except RuntimeError as e:  # a driver or kernel that cannot be captured: go on eagerly
+                warnings.warn(f"decoding without a CUDA graph: capture failed ({e})", stacklevel=2)
+                self.capture = False
         if self.graph is None:
-            self._capture()
-        assert self.graph is not None and self.logits is not None
+            return self._run()
+        assert self.logits is not None
         self.graph.replay()
         return self.logits
 

@@ -42,6 +42,11 @@ class GptOss:
         self._keepalive = keepalive  # memory-mapped checkpoint files backing the weights
 
     @property
+    def graph_captured(self) -> bool:
+        """Whether one-token steps replay a captured CUDA graph (after the first one)."""
+        return self._step is not None and self._step.graph is not None
+
+    @property
     def device(self) -> torch.device:
         return self.transformer.embedding.weight.device
 
