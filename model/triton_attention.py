@@ -14,11 +14,13 @@ scores and sinks are multiplied by log2(e).
   the causal mask and the window let it see.
 - decode: the rep query heads sharing a key-value head (times T queries) form one row tile, so
   each key is read once per kv head; the keys are split over programs (flash-decoding) and a
-  small kernel merges the splits and the sink.
+  small kernel merges the splits and the sink (with one split, as for the sliding-window layers,
+  the decode kernel merges the sink itself: one launch).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -127,15 +129,17 @@ def _prefill_kernel(
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, k_ptr, v_ptr, m_ptr, l_ptr, acc_ptr, pos_ptr, T, S, q_start, k_start, window, qk_scale,
-    stride_qt, stride_qh, stride_kh, stride_ks, stride_vh, stride_vs, REP: tl.constexpr,
-    HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr, POS_IN_MEMORY: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    q_ptr, k_ptr, v_ptr, m_ptr, l_ptr, acc_ptr, pos_ptr, sinks_ptr, o_ptr, T, S, q_start, k_start,
+    window, qk_scale, stride_qt, stride_qh, stride_kh, stride_ks, stride_vh, stride_vs, stride_ot,
+    REP: tl.constexpr, HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr,
+    POS_IN_MEMORY: tl.constexpr, FINAL: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One split of the keys for one kv head -> partial (max, denominator, numerator) per row.
 
     grid (nkv, splits). Row r is query r // REP of head kvh REP + r % REP. Partials are fp32:
-    m / l (splits, nkv, BLOCK_R), acc (splits, nkv, BLOCK_R, hd); no sink here. POS_IN_MEMORY:
+    m / l (splits, nkv, BLOCK_R), acc (splits, nkv, BLOCK_R, hd); no sink here. FINAL (one
+    split): merge the sink and write the output instead, saving the combine launch. POS_IN_MEMORY:
     q_start is read from pos_ptr (a CUDA graph replays the launch at every position), so the
     splits are cut here from the keys actually seen; splits left without keys store an empty
     partial.
@@ -190,10 +194,18 @@ def _decode_kernel(
         )  # (BN, hd)
         acc = tl.dot(p.to(v.dtype), v, acc * corr[:, None], input_precision="ieee")
         m_i = m_new
-    row = (split * n_kv + kvh) * BLOCK_R + offs_r
-    tl.store(m_ptr + row, m_i)
-    tl.store(l_ptr + row, l_i)
-    tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc)
+    if FINAL:
+        sink = tl.load(sinks_ptr + head, mask=mask_r, other=0.0).to(tl.float32) * 1.4426950408889634
+        m = tl.maximum(m_i, sink)
+        w = tl.exp2(m_i - m)
+        out = acc * (w / (l_i * w + tl.exp2(sink - m)))[:, None]
+        o = o_ptr + tq[:, None] * stride_ot + head[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(o, out.to(o_ptr.dtype.element_ty), mask=mask_r[:, None])
+    else:
+        row = (split * n_kv + kvh) * BLOCK_R + offs_r
+        tl.store(m_ptr + row, m_i)
+        tl.store(l_ptr + row, l_i)
+        tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc)
 
 
 @triton.jit
@@ -286,20 +298,24 @@ def attention(
     if splits is None:
         splits = min(MAX_SPLITS, cdiv(span, 4 * cfg["BLOCK_N"]))
     f32 = dict(device=q.device, dtype=torch.float32)
-    m = torch.empty(splits, nkv, block_r, **f32)
-    l_sum = torch.empty(splits, nkv, block_r, **f32)
-    acc = torch.empty(splits, nkv, block_r, hd, **f32)
+    final = splits == 1
+    m = torch.empty(0 if final else splits, nkv, block_r, **f32)
+    l_sum = torch.empty_like(m)
+    acc = torch.empty(*m.shape, hd, **f32)
     # Without a position tensor, m stands in for pos_ptr: the kernel does not read it then.
     pos, q0 = (q_start, 0) if isinstance(q_start, torch.Tensor) else (m, q_start)
     _decode_kernel[(nkv, splits)](
-        q, k, v, m, l_sum, acc, pos, t, s, q0, k_start, window or 0, qk_scale, q.stride(0),
-        q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), REP=rep, HEAD_DIM=hd,
-        SLIDING=sliding, POS_IN_MEMORY=in_memory, BLOCK_R=block_r, BLOCK_N=cfg["BLOCK_N"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        q, k, v, m, l_sum, acc, pos, sinks, out, t, s, q0, k_start, window or 0, qk_scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), REP=rep, HEAD_DIM=hd, SLIDING=sliding, POS_IN_MEMORY=in_memory,
+        FINAL=final, BLOCK_R=block_r, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )  # fmt: skip
-    _decode_combine_kernel[(nkv,)](
-        m, l_sum, acc, sinks, out, t, splits, out.stride(0), REP=rep, HEAD_DIM=hd, BLOCK_R=block_r,
-    )  # fmt: skip
+    if not final:
+        _decode_combine_kernel[(nkv,)](
+            m, l_sum, acc, sinks, out, t, splits, out.stride(0), REP=rep, HEAD_DIM=hd,
+            BLOCK_R=block_r,
+        )  # fmt: skip
     return out
 
 
@@ -342,17 +358,19 @@ def aot_specs(
         # Decode row tiles for T = 1 .. DECODE_MAX_ROWS / rep queries, the position as an argument
         # or (CUDA graphs) in memory.
         for block_r in sorted({decode_rows(t, rep) for t in range(1, DECODE_MAX_ROWS // rep + 1)}):
-            for in_memory in (False, True):
+            for in_memory, final in itertools.product((False, True), (False, True)):
                 sig = {"q_ptr": act, "k_ptr": act, "v_ptr": act}
                 sig |= dict.fromkeys(["m_ptr", "l_ptr", "acc_ptr"], "*fp32")
-                sig |= {"pos_ptr": "*i64" if in_memory else "*fp32"}
-                sig |= dict.fromkeys(["T", "S", "q_start", "k_start", "window"], "i32")
-                sig |= {"qk_scale": "fp32"} | dict.fromkeys(strides, "i32")
+                sig |= {"pos_ptr": "*i64" if in_memory else "*fp32", "sinks_ptr": "*fp32"}
+                sig |= {"o_ptr": act} | dict.fromkeys(["T", "S", "q_start", "k_start"], "i32")
+                sig |= {"window": "i32", "qk_scale": "fp32"}
+                sig |= dict.fromkeys([*strides, "stride_ot"], "i32")
                 const = {
                     "REP": rep,
                     "HEAD_DIM": head_dim,
                     "SLIDING": sliding,
                     "POS_IN_MEMORY": in_memory,
+                    "FINAL": final,
                     "BLOCK_R": block_r,
                     "BLOCK_N": DECODE["BLOCK_N"],
                 }
