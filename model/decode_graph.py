@@ -1,6 +1,6 @@
 """The one-token decode step as a CUDA graph: captured once, then replayed for every token.
 
-At batch 1 a decode step is 11 kernels per layer (~400 for gpt-oss-120b), and launching
+At batch 1 a decode step is 10-11 kernels per layer (~380 for gpt-oss-120b), and launching
 them one by one from Python costs about as much as running them. A graph launches them all at
 once. Replay needs a step with fixed shapes and no host synchronisation: the token and its
 position live in device tensors the graph reads, and the Triton kernels that write the KV cache

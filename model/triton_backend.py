@@ -5,7 +5,7 @@ and runs the Triton kernels; the embedding and the qkv / out / router / unembedd
 products stay in PyTorch, where cuBLAS is as good as it gets. A block with MXFP4 experts fuses
 its residual adds: the out projection's bias and the residual add run with the MLP's RMSNorm
 (`add_rms_norm`), routing is one kernel, and the MoE's second kernel adds the residual, so a
-one-token step is 11 launches per layer. Experts loaded dense keep the PyTorch MoE and block
+one-token step is 10-11 launches per layer. Experts loaded dense keep the PyTorch MoE and block
 (its norms still become Triton's). The swapped model keeps the forward signatures, so the engine
 and its KV cache are unchanged.
 """
