@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .gpt_oss import DenseExperts, MXFP4Experts, Transformer
+from .gpt_oss import Block, DenseExperts, MXFP4Experts, Transformer
 
 TARGETS = ("qkv", "out", "mlp1", "mlp2")
 ADAPTER_FILE = "adapter.safetensors"
@@ -136,6 +136,10 @@ def add_lora(
     if rank < 1:
         raise ValueError(f"LoRA rank must be at least 1, got {rank}")
     alpha = float(alpha if alpha is not None else 2 * rank)
+    if not all(isinstance(block, Block) for block in tf.block):
+        raise ValueError(
+            "LoRA adapters run on the torch backend: load the model with backend='torch'"
+        )  # the triton blocks fuse the out projection and the experts into their kernels
     torch.manual_seed(seed)
     tf.requires_grad_(False)
     for block in tf.block:

@@ -127,3 +127,10 @@ def test_device_bench_times_decode_with_and_without_the_graph(tmp_path: Path) ->
     assert summary["cuda_graph"] == (DEVICE == "cuda")  # captured only on a GPU
     assert row["decode_tok_s"] > 0 and row["decode_eager_tok_s"] > 0
     assert "without the CUDA graph" in lines[1]
+
+
+def test_lora_adapters_refuse_the_fused_blocks(folder: Path) -> None:
+    from model.lora import add_lora
+
+    with pytest.raises(ValueError, match="torch backend"):
+        add_lora(load(folder, triton=True).transformer, rank=2)
