@@ -114,7 +114,11 @@ def build_model(
         use_triton(model)
     if cuda_graph is None:
         cuda_graph = backend == "triton"
-    return GptOss(model, max_context=max_context, cuda_graph=cuda_graph, keepalive=keepalive)
+    # The Triton attention never holds a (T, S) score matrix, and on a GPU longer chunks mean
+    # bigger matrix products and fewer launches; the PyTorch path keeps its scores bounded.
+    chunk = 2048 if backend == "triton" and device.type == "cuda" else 256
+    return GptOss(model, max_context=max_context, prefill_chunk=chunk, cuda_graph=cuda_graph,
+                  keepalive=keepalive)  # fmt: skip
 
 
 def _interpreting() -> bool:
