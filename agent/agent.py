@@ -21,7 +21,7 @@ from openai_harmony import (
 )
 
 from model import Model, Sampling, harmony_encoding
-from tools import ToolCall
+from tools import RunContext, ToolCall
 
 from ._tokens import stream_tokens
 from .conversation import (
@@ -124,12 +124,14 @@ class Agent:
         *,
         history: History = None,
         transcript: str | os.PathLike[str] | None = None,
+        context: Any = None,
     ) -> AsyncIterator[AgentEvent]:
         """Run the agent on `prompt`, yielding events as they happen; the last is `RunDone`.
 
         `history` continues a conversation (a previous `RunResult` or its messages, e.g. from
         `load_transcript`). `transcript` appends every message to that JSONL file as it completes;
-        a new file first gets the system and developer messages and the history.
+        a new file first gets the system and developer messages and the history. `context` is
+        handed to the function tools that take a `RunContext`, never shown to the model.
         """
         started = time.perf_counter()
         encoding = harmony_encoding()
@@ -240,7 +242,8 @@ class Agent:
                     )
                     yield ToolCalled(call)
                     tool_started = time.perf_counter()
-                    output, is_error = await toolbox.run(call)
+                    run_context = RunContext(context, tuple(messages), call.recipient)
+                    output, is_error = await toolbox.run(call, run_context)
                     seconds = time.perf_counter() - tool_started
                     usage.tool_calls += 1
                     usage.tool_seconds += seconds
@@ -275,9 +278,11 @@ class Agent:
         *,
         history: History = None,
         transcript: str | os.PathLike[str] | None = None,
+        context: Any = None,
     ) -> RunResult:
         """Run the agent on `prompt` until it answers or a limit ends the run."""
-        async with aclosing(self.astream(prompt, history=history, transcript=transcript)) as events:
+        run = self.astream(prompt, history=history, transcript=transcript, context=context)
+        async with aclosing(run) as events:
             async for event in events:
                 if isinstance(event, RunDone):
                     return event.result
@@ -301,9 +306,12 @@ class Agent:
         *,
         history: History = None,
         transcript: str | os.PathLike[str] | None = None,
+        context: Any = None,
     ) -> RunResult:
         """`arun` for plain scripts."""
-        return self._sync(self.arun(prompt, history=history, transcript=transcript))
+        return self._sync(
+            self.arun(prompt, history=history, transcript=transcript, context=context)
+        )
 
     def stream(
         self,
@@ -311,9 +319,10 @@ class Agent:
         *,
         history: History = None,
         transcript: str | os.PathLike[str] | None = None,
+        context: Any = None,
     ) -> Iterator[AgentEvent]:
         """`astream` for plain scripts."""
-        events = self.astream(prompt, history=history, transcript=transcript)
+        events = self.astream(prompt, history=history, transcript=transcript, context=context)
 
         async def step() -> tuple[bool, Any]:
             try:

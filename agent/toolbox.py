@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from openai_harmony import ToolDescription, ToolNamespaceConfig
 
-from tools import BuiltinTool, ToolCall, ToolError
+from tools import BuiltinTool, RunContext, ToolCall, ToolError
 from tools.function_tool import FunctionTool
 
 Tool: TypeAlias = FunctionTool | BuiltinTool
@@ -61,8 +61,9 @@ class Toolbox:
         recipient = recipient.strip()
         return self._aliases.get(recipient, recipient)
 
-    async def run(self, call: ToolCall) -> tuple[str, bool]:
-        """Run one call: `(output, is_error)`. Every failure becomes text for the model."""
+    async def run(self, call: ToolCall, context: RunContext[Any] | None = None) -> tuple[str, bool]:
+        """Run one call: `(output, is_error)`. Every failure becomes text for the model.
+        `context` goes to function tools that take one."""
         tool = self._routes.get(call.recipient)
         if tool is None:
             available = ", ".join(self._routes) or "none"
@@ -72,7 +73,10 @@ class Toolbox:
             if tool.timeout is not None
             else (self.default_timeout if isinstance(tool, FunctionTool) else None)
         )
-        work = tool.invoke(call.arguments) if isinstance(tool, FunctionTool) else tool.call(call)
+        if isinstance(tool, FunctionTool):
+            work = tool.invoke(call.arguments, context)
+        else:
+            work = tool.call(call)
         try:
             return await asyncio.wait_for(work, timeout), False
         except ToolError as e:

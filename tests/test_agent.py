@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 
@@ -11,7 +12,7 @@ from openai_harmony import Conversation, Message, Role, ToolDescription, ToolNam
 
 from agent import Agent, RunDone, RunResult
 from model import ScriptedModel, harmony_encoding
-from tools import BuiltinTool, ToolCall, ToolError, function_tool
+from tools import BuiltinTool, RunContext, ToolCall, ToolError, function_tool
 
 CALL_ADD = (
     '<|channel|>commentary to=functions.add <|constrain|>json<|message|>{"a": 2, "b": 3}<|call|>'
@@ -114,6 +115,37 @@ def test_tool_call_then_final(call: str) -> None:
         Role.TOOL,
         Role.ASSISTANT,
     ]
+
+
+@dataclasses.dataclass
+class Ledger:
+    calls: list[tuple[int, int]]
+
+
+@function_tool
+def add_and_log(ctx: RunContext[Ledger], a: int, b: int) -> int:
+    """Add two integers, recording the call in the run's ledger."""
+    ctx.context.calls.append((a, b))
+    seen.append(ctx)
+    return a + b
+
+
+seen: list[RunContext[Ledger]] = []
+
+
+def test_run_context_reaches_the_tool_and_not_the_model() -> None:
+    call = CALL_ADD.replace("functions.add", "functions.add_and_log")
+    ledger = Ledger([])
+    seen.clear()
+    model = ScriptedModel([call, FINAL])
+    result = Agent(model, tools=[add_and_log]).run("What is 2 + 3?", context=ledger)
+    assert result.status == "completed" and ledger.calls == [(2, 3)]
+    [ctx] = seen
+    assert ctx.recipient == "functions.add_and_log"
+    assert [m.author.role for m in ctx.messages] == [Role.USER, Role.ASSISTANT]
+    assert text(ctx.messages[0]) == "What is 2 + 3?"
+    developer = decode(model.prompts[0])
+    assert "add_and_log" in developer and "ctx" not in developer and "Ledger" not in developer
 
 
 def test_prompts_equal_harmonys_rendering_of_the_whole_conversation() -> None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
 from model import harmony_encoding
-from tools import FunctionTool, ToolError, function_tool
+from tools import FunctionTool, RunContext, ToolError, function_tool
 
 
 class Color(enum.Enum):
@@ -335,3 +335,30 @@ def test_function_tool_is_a_dataclass_for_hand_made_tools() -> None:
     assert asyncio.run(tool.invoke('{"text": "hey"}')) == "hey"
     with pytest.raises(Exception, match="is not valid under any of the given schemas"):
         FunctionTool(name="bad", description="", parameters={"type": 3}, on_invoke=echo)
+
+
+def test_a_run_context_parameter_is_passed_in_and_not_described() -> None:
+    @function_tool
+    async def greet(ctx: RunContext[str], name: str) -> str:
+        """Greet someone.
+
+        Args:
+            name: who to greet
+        """
+        return f"{ctx.context}, {name} (via {ctx.recipient})"
+
+    assert greet.takes_context
+    assert greet.parameters["required"] == ["name"]
+    assert set(greet.parameters["properties"]) == {"name"}
+    ctx = RunContext("Hello", (), "functions.greet")
+    assert asyncio.run(greet.invoke('{"name": "Ada"}', ctx)) == "Hello, Ada (via functions.greet)"
+    # Called outside an agent, the tool still gets a context, with nothing in it.
+    assert asyncio.run(greet.invoke('{"name": "Ada"}')) == "None, Ada (via functions.greet)"
+
+
+def test_a_run_context_parameter_must_come_first() -> None:
+    with pytest.raises(TypeError, match="RunContext parameter 'ctx' must come first"):
+
+        @function_tool
+        def late(name: str, ctx: RunContext) -> str:
+            return name

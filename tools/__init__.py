@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import BuiltinTool, ToolCall, ToolError
 from .function_tool import FunctionTool, function_tool
+from .run_context import RunContext
 
 if TYPE_CHECKING:
     from .browser import BrowserTool
@@ -14,6 +15,7 @@ __all__ = [
     "BuiltinTool",
     "FunctionTool",
     "PythonTool",
+    "RunContext",
     "ToolCall",
     "ToolError",
     "function_tool",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 import docstring_parser
 from pydantic import BaseModel, ConfigDict, Field, PydanticUserError, create_model
+
+from .run_context import RunContext
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,8 @@ class FunctionSchema:
     """The JSON schema of the arguments object, `$ref`s inlined so the model sees whole types."""
     model: type[BaseModel]
     """Turns validated JSON arguments into the Python values the function takes."""
+    takes_context: bool = False
+    """The function's first parameter is a `RunContext`, passed by the agent, not the model."""
 
 
 def function_schema(
@@ -30,12 +34,22 @@ def function_schema(
 
     Google, reST (`:param x:`), NumPy and Epydoc docstrings are understood. Defaults make a
     parameter optional; `*args`/`**kwargs` are not supported (the model passes one JSON object).
+    A first parameter typed `RunContext` is not described: the agent passes it.
     """
     doc = docstring_parser.parse(inspect.getdoc(func) or "")
     param_docs = {p.arg_name: p.description for p in doc.params}
     hints = get_type_hints(func, include_extras=True)
     fields: dict[str, Any] = {}
-    for param in inspect.signature(func).parameters.values():
+    params = list(inspect.signature(func).parameters.values())
+    takes_context = bool(params) and _is_run_context(hints.get(params[0].name))
+    for i, param in enumerate(params):
+        if i == 0 and takes_context:
+            continue
+        if _is_run_context(hints.get(param.name)):
+            raise TypeError(
+                f"function tool {func.__qualname__}: the RunContext parameter {param.name!r} "
+                "must come first"
+            )
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise TypeError(
                 f"function tool {func.__qualname__}: *{param.name} / **{param.name} cannot be "
@@ -61,7 +75,12 @@ def function_schema(
         description=description if description is not None else summary,
         parameters=_clean(_inline_refs(model.model_json_schema())),
         model=model,
+        takes_context=takes_context,
     )
+
+
+def _is_run_context(annotation: Any) -> bool:
+    return annotation is RunContext or get_origin(annotation) is RunContext
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from .base import ToolError
 from .function_schema import function_schema, harmony_parameters
+from .run_context import RunContext
 
 _JSON_TYPES = {
     dict: "object",
@@ -37,10 +38,13 @@ class FunctionTool:
     description: str
     parameters: dict[str, Any]
     """JSON schema of the arguments object; arguments are validated against it before the call."""
-    on_invoke: Callable[[dict[str, Any]], Awaitable[Any]]
-    """Runs the function with validated arguments."""
+    on_invoke: Callable[..., Awaitable[Any]]
+    """Runs the function with validated arguments: `on_invoke(args)`, or `on_invoke(args,
+    run_context)` when `takes_context`."""
     timeout: float | None = None
     """Seconds before the model is told the call timed out; None uses the agent's `tool_timeout`."""
+    takes_context: bool = False
+    """Whether `on_invoke` wants the `RunContext` of the call."""
     _validator: Draft202012Validator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,9 +83,14 @@ class FunctionTool:
             raise ToolError(f"Invalid arguments for {self.recipient}:\n{lines}{more}")
         return args
 
-    async def invoke(self, arguments: str) -> str:
+    async def invoke(self, arguments: str, context: RunContext[Any] | None = None) -> str:
         """Validate `arguments`, run the function, and return its result as text."""
-        return format_result(await self.on_invoke(self.parse_arguments(arguments)))
+        args = self.parse_arguments(arguments)
+        if not self.takes_context:
+            return format_result(await self.on_invoke(args))
+        if context is None:
+            context = RunContext(None, (), self.recipient)
+        return format_result(await self.on_invoke(args, context))
 
 
 def format_result(result: Any) -> str:
@@ -193,18 +202,19 @@ def function_tool(
     Use as `@function_tool` or `@function_tool(name=..., description=..., timeout=...)`. The
     schema comes from the type hints (Optional, Literal, Enum, lists, dicts, pydantic models,
     TypedDicts, dataclasses, defaults) and the docstring's parameter descriptions. Sync functions
-    run in a worker thread so they never block the agent's event loop.
+    run in a worker thread so they never block the agent's event loop. A first parameter typed
+    `RunContext` receives the run's context (`Agent.run(..., context=...)`) and conversation.
     """
 
     def make(fn: Callable[..., Any]) -> FunctionTool:
         schema = function_schema(fn, name=name, description=description)
 
-        async def on_invoke(args: dict[str, Any]) -> Any:
+        async def on_invoke(args: dict[str, Any], *context: RunContext[Any]) -> Any:
             parsed = schema.model.model_validate(args)
             kwargs = {k: getattr(parsed, k) for k in type(parsed).model_fields}
             if inspect.iscoroutinefunction(fn):
-                return await fn(**kwargs)
-            return await asyncio.to_thread(functools.partial(fn, **kwargs))
+                return await fn(*context, **kwargs)
+            return await asyncio.to_thread(functools.partial(fn, *context, **kwargs))
 
         return FunctionTool(
             name=schema.name,
@@ -212,6 +222,7 @@ def function_tool(
             parameters=schema.parameters,
             on_invoke=on_invoke,
             timeout=timeout,
+            takes_context=schema.takes_context,
         )
 
     return make(func) if func is not None else make
