@@ -143,7 +143,7 @@ class Agent:
         user = Message.from_role_and_content(Role.USER, prompt)
         messages = list(past)  # what the result reports
         prompt_tokens = Prompt(encoding, [*preamble, *drop_finished_analysis(past)])
-        usage = Usage()
+        usage = Usage(context_limit=_context_limit(self.model))
         writer = TranscriptWriter(transcript) if transcript is not None else None
         if writer is not None and writer.is_new:
             for message in [*preamble, *past]:
@@ -212,6 +212,7 @@ class Agent:
                             yield add(turn[-1])
                 usage.model_seconds += time.perf_counter() - step_started
                 usage.output_tokens += count
+                usage.context_tokens = len(tokens) + count
 
                 if error is None and last not in stop_tokens:
                     if count >= budget and limit == "max_context":
@@ -389,16 +390,21 @@ def _tool_message(call: ToolCall, output: str) -> Message:
     return message.with_channel(call.channel) if call.channel else message
 
 
+def _context_limit(model: Model) -> int | None:
+    limit = getattr(model, "max_context", None)
+    return limit if isinstance(limit, int) else None
+
+
 def _context_room(model: Model, prompt: list[int]) -> int | None:
     """Tokens the model may still generate after `prompt`, when it declares a `max_context`."""
-    limit = getattr(model, "max_context", None)
-    return limit - len(prompt) if isinstance(limit, int) else None
+    limit = _context_limit(model)
+    return None if limit is None else limit - len(prompt)
 
 
 def _context_detail(model: Model, prompt: list[int]) -> str:
     return (
         f"the conversation ({len(prompt)} tokens before this turn) filled the model's context of "
-        f"{getattr(model, 'max_context', '?')} tokens"
+        f"{_context_limit(model)} tokens"
     )
 
 

@@ -34,6 +34,10 @@ class Usage:
     """Time spent in tools."""
     seconds: float = 0.0
     """Wall time of the run."""
+    context_tokens: int = 0
+    """Tokens the conversation fills after the last model call: its prompt and output."""
+    context_limit: int | None = None
+    """The model's `max_context`, when it declares one."""
 
     @property
     def tokens_per_second(self) -> float:

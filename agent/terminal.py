@@ -61,9 +61,13 @@ def tool_result_view(result: ToolResult) -> RenderableType:
 def turn_summary(result: RunResult) -> Text:
     """Tokens, speed and time of a run; its status when it did not complete."""
     u = result.usage
+    context = ""
+    if u.context_limit and u.steps:
+        share = u.context_tokens / u.context_limit
+        context = f" · context {u.context_tokens}/{u.context_limit} ({share:.0%})"
     text = Text(
         f"{u.output_tokens} tokens · {u.tokens_per_second:.1f} tok/s · {u.steps} steps · "
-        f"{u.tool_calls} tool calls · {u.seconds:.1f} s",
+        f"{u.tool_calls} tool calls · {u.seconds:.1f} s{context}",
         style="dim",
     )
     if result.status != "completed":

@@ -109,6 +109,7 @@ def test_demo_model_answers_held_out_questions_through_the_agent() -> None:
 def test_a_conversation_that_fills_the_context_ends_with_max_context() -> None:
     """The engine's max_context bounds the run: cut mid-turn, or refused before a model call."""
     from agent import Agent
+    from agent.terminal import turn_summary
 
     greedy = Sampling(temperature=0)
     question = "What is 37 * 41 + 5?"
@@ -119,6 +120,8 @@ def test_a_conversation_that_fills_the_context_ends_with_max_context() -> None:
                current_date=DEMO_CURRENT_DATE) as agent:  # fmt: skip
         result = agent.run(question)
     assert result.status == "max_context" and result.usage.output_tokens == 5
+    assert (result.usage.context_tokens, result.usage.context_limit) == (prompt + 5, prompt + 5)
+    assert f"context {prompt + 5}/{prompt + 5} (100%)" in str(turn_summary(result))
     assert result.detail == (
         f"the conversation ({prompt} tokens before this turn) filled the model's context of "
         f"{prompt + 5} tokens"
