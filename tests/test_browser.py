@@ -129,6 +129,25 @@ def site_pages(other: int) -> dict[str, tuple[int, str, bytes | str]]:
                 f"new WebSocket('ws://127.0.0.1:{other}/socket');</script>",
             ),
         ),
+        "/framed": (
+            200,
+            "text/html",
+            html(
+                "Outer",
+                "<p>before the frame</p><iframe src='/docs/frame'></iframe><p>after the frame</p>"
+                "<iframe src='/docs/frame' style='display: none'></iframe>",
+            ),
+        ),
+        "/docs/frame": (
+            200,
+            "text/html",
+            html(
+                "Inner",
+                "<p>inside the frame</p><a href='page'>a link in the frame</a>"
+                "<iframe srcdoc='<p>nested srcdoc text</p>'></iframe>",
+            ),
+        ),
+        "/docs/page": (200, "text/html", html("Docs page", "<p>reached from the frame</p>")),
         "/goes-to-file": (
             200,
             "text/html",
@@ -270,6 +289,18 @@ def test_open_url_header_lines_links_and_js(browser, call, sites):
     assert "Rendered by JavaScript" in text
     assert "secretVariable" not in text and "color: red" not in text
     assert "Hidden dialog" not in text  # hidden by a stylesheet: only the browser knows
+
+
+def test_iframe_text_is_read_in_place(browser, call, sites):
+    site, _ = sites
+    text = call(browser, "open", id=f"{site.url}/framed")
+    order = ["before the frame", "inside the frame", "nested srcdoc text", "after the frame"]
+    positions = [text.find(part) for part in order]
+    assert -1 not in positions and positions == sorted(positions), text
+    assert text.count("inside the frame") == 1  # the hidden frame is not read
+    # The frame's relative link resolves against the frame's URL, not the outer page's.
+    link = text.split("†a link in the frame】")[0].rsplit("【", 1)[1]
+    assert "Docs page" in call(browser, "open", id=int(link)).split("\n")[0]
 
 
 def test_follow_link_scroll_and_find(browser, call, sites):

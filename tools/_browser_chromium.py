@@ -79,6 +79,21 @@ _PRUNE_HIDDEN = """() => {
   return hidden.length;
 }"""
 
+# An iframe's document is not part of `page.content()`: its body is copied in where the iframe is,
+# deepest frames first so nested ones come along. Links and images are made absolute first,
+# since the page text resolves them against the outer page's URL.
+MAX_FRAMES = 20
+_FRAME_BODY = """() => {
+  for (const a of document.querySelectorAll("a[href]")) a.setAttribute("href", a.href);
+  for (const img of document.querySelectorAll("img[src]")) img.setAttribute("src", img.src);
+  return document.body ? document.body.innerHTML : "";
+}"""
+_INLINE_FRAME = """(frame, html) => {
+  const div = document.createElement("div");
+  div.innerHTML = html;
+  frame.replaceWith(div);
+}"""
+
 
 class FetchError(Exception):
     """Loading failed; the message says what happened, for the model."""
@@ -364,6 +379,7 @@ class Chromium:
         await self._settle(min(self.idle_wait, max(deadline - time.monotonic(), 0)))
         with contextlib.suppress(PlaywrightError):  # e.g. a script navigated away meanwhile
             await page.evaluate(_PRUNE_HIDDEN)
+        await _inline_frames(page)
         html = await page.content()
         if len(html) > self.max_page_bytes:
             raise FetchError(
@@ -442,6 +458,21 @@ class Chromium:
         context, self._context = self._context, None  # the next fetch makes a new one
         with contextlib.suppress(Exception):
             await asyncio.wait_for(context.close(), 5)
+
+
+async def _inline_frames(page: Any) -> None:
+    """Copy each loaded iframe's body into its parent document, where the iframe was."""
+    from playwright.async_api import Error as PlaywrightError
+
+    def depth(frame: Any) -> int:
+        return 0 if frame.parent_frame is None else 1 + depth(frame.parent_frame)
+
+    frames = [f for f in page.frames if f.parent_frame is not None]
+    frames = [f for f in frames if f.url.startswith(("http://", "https://", "about:srcdoc"))]
+    for frame in sorted(frames[:MAX_FRAMES], key=depth, reverse=True):
+        with contextlib.suppress(PlaywrightError):  # detached, hidden or navigating meanwhile
+            element = await frame.frame_element()
+            await element.evaluate(_INLINE_FRAME, await frame.evaluate(_FRAME_BODY))
 
 
 def _is_main_navigation(request: Any) -> bool:
