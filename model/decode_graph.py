@@ -41,26 +41,29 @@ class DecodeStep:
         if self.capture and self.graph is None:
             try:
                 self._capture()
-            except RuntimeError as e:  # a driver or kernel that cannot be captured: go on eagerly
+            except Exception as e:  # a driver or kernel that cannot be captured: go on eagerly
+                # (a bug in the step itself still raises, from the eager run just below)
                 warnings.warn(f"decoding without a CUDA graph: capture failed ({e})", stacklevel=2)
                 self.capture = False
         if self.graph is None:
             return self._run()
         assert self.logits is not None
-        self.graph.replay()
+        with torch.cuda.device(self.token.device):
+            self.graph.replay()
         return self.logits
 
     def _run(self) -> torch.Tensor:
         return self.transformer(self.token, self.position, self.cache, last_only=True)[0]
 
     def _capture(self) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
-            for _ in range(2):
-                self._run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self._run()
+        with torch.cuda.device(self.token.device):  # the model's GPU, not the current one
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+                for _ in range(2):
+                    self._run()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.logits = self._run()
         self.graph = graph
