@@ -63,7 +63,9 @@ def add_model_commands(subparsers: Any) -> None:
     p.add_argument("--experts", type=int, help="number of experts (default: the preset's)")
     p.add_argument("--vocab", type=int, help="vocabulary size (default: the preset's)")
     p.add_argument("--prompt-len", type=int, default=128)
-    p.add_argument("--decode", type=int, default=32, help="tokens to decode")
+    p.add_argument(
+        "--decode", type=int, help="tokens to decode (default: 32 on the CPU, 256 on a GPU)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--our-experts", choices=["auto", "dense", "mxfp4"], default="auto")
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
@@ -178,7 +180,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         run_device_bench(
             preset=args.preset, layers=args.layers, device=args.device, backend=args.backend,
-            prompt_lens=args.prompt_lens, decode_tokens=args.decode,
+            prompt_lens=args.prompt_lens, decode_tokens=args.decode or 256,
             out=args.workdir / "last_device_bench.json",
         )  # fmt: skip
         return 0
@@ -192,7 +194,7 @@ def _bench(args: argparse.Namespace) -> int:
         experts=args.experts,
         vocab=args.vocab,
         prompt_len=args.prompt_len,
-        decode_tokens=args.decode,
+        decode_tokens=args.decode or 32,
         threads=args.threads,
         with_transformers=not args.no_transformers,
         our_experts=args.our_experts,
