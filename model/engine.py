@@ -32,6 +32,11 @@ class GptOss:
         self.transformer = transformer
         self.config: ModelConfig = transformer.config
         self.max_context = max_context or min(self.config.context_length, 8192)
+        if not 1 <= self.max_context <= self.config.context_length:
+            raise ValueError(
+                f"max_context must be between 1 and the model's context length "
+                f"{self.config.context_length}, got {self.max_context}"
+            )
         self.prefill_chunk = prefill_chunk
         # One-token steps through `DecodeStep` (the Triton backend): a CUDA graph on a GPU.
         self.cuda_graph = cuda_graph

@@ -140,6 +140,11 @@ def test_context_limit_is_a_clear_error(folder: Path) -> None:
         list(m.generate(list(range(20)), stop_tokens=[], max_tokens=1, sampling=GREEDY))
 
 
+def test_max_context_beyond_the_models_is_refused(folder: Path) -> None:
+    with pytest.raises(ValueError, match="context length 131072, got 131073"):
+        load_model(folder, progress=False, max_context=131073)
+
+
 def test_bf16_close_to_fp32(folder: Path) -> None:
     fp32 = load_model(folder, progress=False)
     bf16 = load_model(folder, dtype=torch.bfloat16, progress=False)
