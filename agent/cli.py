@@ -226,7 +226,8 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
         "--context",
         type=_positive_int,
         metavar="N",
-        help="tokens the KV cache holds: the longest conversation (default: 8192)",
+        help="tokens the KV cache holds: the longest conversation (default: 32768 on a GPU, "
+        "8192 on the CPU)",
     )
     parser.add_argument(
         "--no-cuda-graph",

@@ -31,7 +31,10 @@ class GptOss:
     ) -> None:
         self.transformer = transformer
         self.config: ModelConfig = transformer.config
-        self.max_context = max_context or min(self.config.context_length, 8192)
+        # A GPU has room for long agent conversations (browsed pages are long); 32768 tokens of
+        # gpt-oss-120b cache is 2.3 GiB. On a CPU, prefill speed is the limit anyway.
+        default = 32768 if self.device.type == "cuda" else 8192
+        self.max_context = max_context or min(self.config.context_length, default)
         if not 1 <= self.max_context <= self.config.context_length:
             raise ValueError(
                 f"max_context must be between 1 and the model's context length "

@@ -38,7 +38,7 @@ def load_model(
     under TRITON_INTERPRET=1); None picks triton on CUDA when triton is installed, else torch.
     experts: "auto" keeps them as stored; "mxfp4" keeps them packed and dequantises each expert
     when used (gpt-oss-20b fits a 24 GiB machine this way); "dense" unpacks them at load.
-    max_context: KV-cache length (default min(context_length, 8192)).
+    max_context: KV-cache length (default 32768 tokens on CUDA, 8192 on the CPU).
     cuda_graph: decode steps replayed as a CUDA graph (triton backend only; the default there).
     progress: a progress bar on stderr; None shows it only on a terminal.
     """
