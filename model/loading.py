@@ -39,7 +39,8 @@ def load_model(
     experts: "auto" keeps them as stored; "mxfp4" keeps them packed and dequantises each expert
     when used (gpt-oss-20b fits a 24 GiB machine this way); "dense" unpacks them at load.
     max_context: KV-cache length (default 32768 tokens on CUDA, 8192 on the CPU).
-    cuda_graph: decode steps replayed as a CUDA graph (triton backend only; the default there).
+    cuda_graph: decode steps replayed as a CUDA graph (triton backend only; the default there
+    with MXFP4 experts).
     progress: a progress bar on stderr; None shows it only on a terminal.
     """
 
@@ -98,7 +99,7 @@ def build_model(
 ) -> GptOss:
     """The engine over a Transformer assembled from (reference name, tensor) pairs, placed on
     `device` one tensor at a time (nothing is materialised twice). cuda_graph: None means on
-    with the triton backend."""
+    with the triton backend and packed experts."""
     from .engine import GptOss
 
     with torch.device("meta"):
@@ -112,8 +113,8 @@ def build_model(
         from .triton_backend import use_triton  # lazy: triton is optional
 
         use_triton(model)
-    if cuda_graph is None:
-        cuda_graph = backend == "triton"
+    if cuda_graph is None:  # the PyTorch MoE of dense experts syncs with the host: no graph
+        cuda_graph = backend == "triton" and packed
     # The Triton attention never holds a (T, S) score matrix, and on a GPU longer chunks mean
     # bigger matrix products and fewer launches; the PyTorch path keeps its scores bounded.
     chunk = 2048 if backend == "triton" and device.type == "cuda" else 256
