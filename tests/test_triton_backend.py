@@ -134,3 +134,14 @@ def test_lora_adapters_refuse_the_fused_blocks(folder: Path) -> None:
 
     with pytest.raises(ValueError, match="torch backend"):
         add_lora(load(folder, triton=True).transformer, rank=2)
+
+
+def test_dense_experts_keep_the_pytorch_moe_and_no_graph(folder: Path) -> None:
+    ref = load(folder, triton=False)
+    tri = load_model(folder, device=DEVICE, backend="triton", progress=False, max_context=32,
+                     experts="dense")  # fmt: skip
+    assert not tri.cuda_graph
+    assert all(isinstance(b.attn, TritonAttentionBlock) for b in tri.transformer.block)
+    torch.testing.assert_close(tri.logits(PROMPT), ref.logits(PROMPT), rtol=1e-4, atol=1e-4)
+    want = list(ref.generate(PROMPT, stop_tokens=[], max_tokens=3, sampling=GREEDY))
+    assert list(tri.generate(PROMPT, stop_tokens=[], max_tokens=3, sampling=GREEDY)) == want
