@@ -3,7 +3,8 @@
 x (T, heads, hd) is rotated with given cos / sin (T, hd/2) in fp32 (the torch model computes
 the YaRN tables from integer positions): (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), with
 x1 / x2 the first / second halves of each head. q and k of the fused qkv projection are adjacent
-heads, so one launch on a view of both rotates them together.
+heads, so one launch on a view of both rotates them together; `rope_and_cache_` also writes k
+and v into the KV cache in that launch.
 """
 
 from __future__ import annotations
