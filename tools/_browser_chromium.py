@@ -83,6 +83,7 @@ _PRUNE_HIDDEN = """() => {
 # deepest frames first so nested ones come along. Links and images are made absolute first,
 # since the page text resolves them against the outer page's URL.
 MAX_FRAMES = 20
+FRAME_SECONDS = 1.0
 _FRAME_BODY = """() => {
   for (const a of document.querySelectorAll("a[href]")) a.setAttribute("href", a.href);
   for (const img of document.querySelectorAll("img[src]")) img.setAttribute("src", img.src);
@@ -467,12 +468,17 @@ async def _inline_frames(page: Any) -> None:
     def depth(frame: Any) -> int:
         return 0 if frame.parent_frame is None else 1 + depth(frame.parent_frame)
 
+    async def inline(frame: Any) -> None:
+        element = await frame.frame_element()
+        await element.evaluate(_INLINE_FRAME, await frame.evaluate(_FRAME_BODY))
+
     frames = [f for f in page.frames if f.parent_frame is not None]
     frames = [f for f in frames if f.url.startswith(("http://", "https://", "about:srcdoc"))]
     for frame in sorted(frames[:MAX_FRAMES], key=depth, reverse=True):
-        with contextlib.suppress(PlaywrightError):  # detached, hidden or navigating meanwhile
-            element = await frame.frame_element()
-            await element.evaluate(_INLINE_FRAME, await frame.evaluate(_FRAME_BODY))
+        # Detached, hidden or navigating meanwhile, or a frame whose own renderer is stuck in a
+        # script (an ad): the page is read without it.
+        with contextlib.suppress(PlaywrightError, TimeoutError):
+            await asyncio.wait_for(inline(frame), FRAME_SECONDS)
 
 
 def _is_main_navigation(request: Any) -> bool:
