@@ -12,12 +12,14 @@ from .events import (
     ToolCalled,
     ToolResult,
 )
+from .hooks import AgentHooks
 from .result import RunResult, Status, Usage
 from .transcript import TranscriptError, load_transcript
 
 __all__ = [
     "Agent",
     "AgentEvent",
+    "AgentHooks",
     "CommentaryDelta",
     "FinalDelta",
     "MessageAdded",

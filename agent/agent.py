@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
@@ -21,7 +22,7 @@ from openai_harmony import (
 )
 
 from model import Model, Sampling, harmony_encoding
-from tools import RunContext, ToolCall
+from tools import RunContext, ToolCall, ToolError
 
 from ._tokens import stream_tokens
 from .conversation import (
@@ -43,6 +44,7 @@ from .events import (
     ToolCalled,
     ToolResult,
 )
+from .hooks import AgentHooks
 from .result import RunResult, Status, Usage
 from .toolbox import Tool, Toolbox
 from .transcript import TranscriptWriter
@@ -86,6 +88,8 @@ class Agent:
     """The date the system message states; None uses today's date at each run."""
     model_identity: str | None = None
     """Replaces harmony's default identity line in the system message."""
+    hooks: AgentHooks | None = None
+    """Code to run at fixed points of every run (`AgentHooks`): logging, approving tool calls."""
     _runner: asyncio.Runner | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -156,33 +160,44 @@ class Agent:
                 writer.message(message)
             return MessageAdded(message)
 
-        def done(status: Status, final: str | None = None, detail: str | None = None) -> RunDone:
+        async def done(
+            status: Status, final: str | None = None, detail: str | None = None
+        ) -> RunDone:
             usage.seconds = time.perf_counter() - started
             result = RunResult(final, status, detail, messages, usage)
             if writer is not None:
                 writer.run_ended(result)
+            await hook("on_run_end", result)
             return RunDone(result)
 
+        async def hook(name: str, *args: Any) -> None:
+            if self.hooks is not None:
+                out = getattr(self.hooks, name)(*args)
+                if inspect.isawaitable(out):  # plain methods are welcome too
+                    await out
+
         try:
+            await hook("on_run_start", prompt)
             yield add(user)
             for _ in range(self.max_steps):
                 budget, limit = self.max_turn_tokens, "max_turn_tokens"
                 if self.max_total_tokens is not None:
                     left = self.max_total_tokens - usage.output_tokens
                     if left <= 0:
-                        yield done("max_total_tokens", detail=_limit_detail(self, usage))
+                        yield await done("max_total_tokens", detail=_limit_detail(self, usage))
                         return
                     if left < budget:
                         budget, limit = left, "max_total_tokens"
                 tokens = prompt_tokens.for_completion()
                 if (room := _context_room(self.model, tokens)) is not None:
                     if room <= 0:
-                        yield done("max_context", detail=_context_detail(self.model, tokens))
+                        yield await done("max_context", detail=_context_detail(self.model, tokens))
                         return
                     if room < budget:
                         budget, limit = room, "max_context"
                 usage.steps += 1
                 usage.prompt_tokens += len(tokens)
+                await hook("on_model_call", usage.steps, tokens)
 
                 # Stream one model turn through the parser.
                 parser = StreamableParser(encoding, Role.ASSISTANT)
@@ -217,20 +232,21 @@ class Agent:
                 if error is None and last not in stop_tokens:
                     if count >= budget and limit == "max_context":
                         detail = _context_detail(self.model, tokens)
-                        yield done("max_context", detail=detail)
+                        yield await done("max_context", detail=detail)
                         return
                     if count >= budget:
-                        yield done(limit, detail=_limit_detail(self, usage, limit))  # type: ignore[arg-type]
+                        yield await done(limit, detail=_limit_detail(self, usage, limit))  # type: ignore[arg-type]
                         return
                     if parser.state != StreamState.EXPECT_START:
                         # Stopped without <|end|>/<|call|>/<|return|>: a truncated call must not
                         # run, and a truncated answer is not an answer.
                         error = "the model stopped in the middle of a message"
                 if error is not None:
-                    yield done("invalid_output", detail=error)
+                    yield await done("invalid_output", detail=error)
                     return
                 if not turn:
-                    yield done("invalid_output", detail="the model produced no complete message")
+                    detail = "the model produced no complete message"
+                    yield await done("invalid_output", detail=detail)
                     return
 
                 reply = turn[-1]
@@ -244,7 +260,13 @@ class Agent:
                     yield ToolCalled(call)
                     tool_started = time.perf_counter()
                     run_context = RunContext(context, tuple(messages), call.recipient)
-                    output, is_error = await toolbox.run(call, run_context)
+                    try:
+                        await hook("on_tool_start", call)
+                    except ToolError as e:  # refused: the model reads why, the tool never runs
+                        output, is_error = str(e), True
+                    else:
+                        output, is_error = await toolbox.run(call, run_context)
+                    await hook("on_tool_end", call, output, is_error)
                     seconds = time.perf_counter() - tool_started
                     usage.tool_calls += 1
                     usage.tool_seconds += seconds
@@ -252,21 +274,21 @@ class Agent:
                     yield add(_tool_message(call, output))
                     continue
                 if last == call_token:
-                    yield done(
+                    yield await done(
                         "invalid_output",
                         detail="the model ended with <|call|> but addressed no tool",
                     )
                     return
                 if reply.channel == "analysis":
-                    yield done(
+                    yield await done(
                         "invalid_output",
                         detail="the model ended its turn on the "
                         "analysis channel, without a final answer",
                     )
                     return
-                yield done("completed", final=text_of(reply))
+                yield await done("completed", final=text_of(reply))
                 return
-            yield done(
+            yield await done(
                 "max_steps", detail=f"max_steps ({self.max_steps}) reached without a final answer"
             )
         finally:

@@ -10,7 +10,7 @@ import time
 import pytest
 from openai_harmony import Conversation, Message, Role, ToolDescription, ToolNamespaceConfig
 
-from agent import Agent, RunDone, RunResult
+from agent import Agent, AgentHooks, RunDone, RunResult
 from model import ScriptedModel, harmony_encoding
 from tools import BuiltinTool, RunContext, ToolCall, ToolError, function_tool
 
@@ -146,6 +146,50 @@ def test_run_context_reaches_the_tool_and_not_the_model() -> None:
     assert text(ctx.messages[0]) == "What is 2 + 3?"
     developer = decode(model.prompts[0])
     assert "add_and_log" in developer and "ctx" not in developer and "Ledger" not in developer
+
+
+class Recorder(AgentHooks):
+    """Plain and async methods alike; refuses calls whose arguments mention 99."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_run_start(self, prompt: str) -> None:  # type: ignore[override]
+        self.seen.append(f"start {prompt}")
+
+    async def on_model_call(self, step: int, prompt_tokens) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append(f"model {step} {len(prompt_tokens) > 0}")
+
+    async def on_tool_start(self, call: ToolCall) -> None:
+        self.seen.append(f"tool {call.recipient}")
+        if "99" in call.arguments:
+            raise ToolError("The user declined this call.")
+
+    async def on_tool_end(self, call: ToolCall, output: str, is_error: bool) -> None:
+        self.seen.append(f"done {output} {is_error}")
+
+    async def on_run_end(self, result: RunResult) -> None:
+        self.seen.append(f"end {result.status}")
+
+
+def test_hooks_run_at_each_point_and_can_refuse_a_call() -> None:
+    hooks = Recorder()
+    refused = CALL_ADD.replace('"a": 2', '"a": 99')
+    model = ScriptedModel([CALL_ADD, refused, FINAL])
+    result = Agent(model, tools=[add], hooks=hooks).run("What is 2 + 3?")
+    assert result.status == "completed"
+    assert hooks.seen == [
+        "start What is 2 + 3?",
+        "model 1 True",
+        "tool functions.add",
+        "done 5 False",
+        "model 2 True",
+        "tool functions.add",
+        "done The user declined this call. True",
+        "model 3 True",
+        "end completed",
+    ]
+    assert [text(m) for m in tool_messages(result)] == ["5", "The user declined this call."]
 
 
 def test_prompts_equal_harmonys_rendering_of_the_whole_conversation() -> None:
