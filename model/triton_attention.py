@@ -333,6 +333,8 @@ def aot_specs(
     """Every configuration `attention` can launch for the real model's heads (64 q / 8 kv)."""
     act = ptr_type(dtype)
     strides = ["stride_qt", "stride_qh", "stride_kh", "stride_ks", "stride_vh", "stride_vs"]
+    # Decode row tiles for T = 1 .. DECODE_MAX_ROWS / rep queries.
+    row_tiles = sorted({decode_rows(t, rep) for t in range(1, DECODE_MAX_ROWS // rep + 1)})
     specs = []
     for sliding in (True, False):
         sig = {"q_ptr": act, "k_ptr": act, "v_ptr": act, "sinks_ptr": "*fp32", "o_ptr": act}
@@ -355,9 +357,8 @@ def aot_specs(
                 num_stages=PREFILL["num_stages"],
             )
         )
-        # Decode row tiles for T = 1 .. DECODE_MAX_ROWS / rep queries, the position as an argument
-        # or (CUDA graphs) in memory.
-        for block_r in sorted({decode_rows(t, rep) for t in range(1, DECODE_MAX_ROWS // rep + 1)}):
+        # Each row tile, the position as an argument or (CUDA graphs) in memory.
+        for block_r in row_tiles:
             for in_memory, final in itertools.product((False, True), (False, True)):
                 sig = {"q_ptr": act, "k_ptr": act, "v_ptr": act}
                 sig |= dict.fromkeys(["m_ptr", "l_ptr", "acc_ptr"], "*fp32")
@@ -384,7 +385,7 @@ def aot_specs(
                         num_stages=DECODE["num_stages"],
                     )
                 )
-    for block_r in sorted({decode_rows(t, rep) for t in range(1, DECODE_MAX_ROWS // rep + 1)}):
+    for block_r in row_tiles:
         sig = {
             "m_ptr": "*fp32",
             "l_ptr": "*fp32",
