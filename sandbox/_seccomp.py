@@ -3,7 +3,9 @@
 The filter allows everything by default and fails the listed syscalls with EPERM: a deny list keeps
 ordinary Python, numpy and ipykernel working (an allow list breaks on every new libc release),
 while removing the kernel interfaces that sandbox escapes and privilege escalations use. Sockets
-stay allowed: ipykernel needs them, and the network namespace is what cuts the network.
+of the families ipykernel and libc use stay allowed, and the network namespace is what cuts the
+network; every other family is refused, since some reach past the namespace (AF_VSOCK talks to
+the hypervisor) and the rest (packet, Bluetooth, crypto, XDP...) are attack surface only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ DENIED_SYSCALLS = (
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
     "sethostname", "setdomainname", "personality",
 )  # fmt: skip
+
+# Unix, IPv4, IPv6 and netlink (glibc's getaddrinfo asks the interfaces through it).
+ALLOWED_SOCKET_FAMILIES = (1, 2, 10, 16)
+_FAMILY_LIMIT = 64
+"""Families from here up are refused in one rule (the kernel knows fewer than 50 today)."""
 
 # clone() flags that create namespaces; clone3 passes its flags in memory, which a filter cannot
 # read, so clone3 answers ENOSYS and libc falls back to clone().
@@ -81,6 +88,13 @@ def build_filter_file() -> BinaryIO:
         )
     with contextlib.suppress(ValueError, OSError, RuntimeError):
         f.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
+    # libseccomp cannot test one argument twice in a rule: one rule per refused family.
+    refused = pyseccomp.ERRNO(errno.EAFNOSUPPORT)
+    for name in ("socket", "socketpair"):
+        for family in range(_FAMILY_LIMIT):
+            if family not in ALLOWED_SOCKET_FAMILIES:
+                f.add_rule(refused, name, pyseccomp.Arg(0, pyseccomp.EQ, family))
+        f.add_rule(refused, name, pyseccomp.Arg(0, pyseccomp.GE, _FAMILY_LIMIT))
     out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to bwrap, closed by the caller
     f.export_bpf(out)
     out.flush()

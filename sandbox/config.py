@@ -27,9 +27,11 @@ class SandboxConfig:
     """Open file descriptors per process (RLIMIT_NOFILE)."""
     tmp_size_bytes: int = 512 * MiB
     """Size of the private /tmp and /dev/shm (tmpfs; their pages also count as memory)."""
-    uid: int = 65432
-    """The unprivileged uid (and gid) code runs as when the host runs the sandbox as root. Pick one
-    that no account on the host uses: processes of that uid count against `max_processes`."""
+    uid: int | None = None
+    """The unprivileged uid (and gid) code runs as when the host runs the sandbox as root. None
+    (the default): a uid of its own for each sandbox, leased from a range no account uses
+    (`sandbox.uids`), so that per-user kernel limits (RLIMIT_NPROC) are each sandbox's own. A
+    fixed uid is shared by every sandbox given it, and must belong to no account."""
     seccomp: bool = True
     """Deny syscalls sandboxed code has no use for (needs libseccomp through `pyseccomp`)."""
     extra_ro_paths: tuple[str, ...] = ()

@@ -1,10 +1,12 @@
 """Start an ipykernel inside the sandbox, reachable from the host over ZeroMQ IPC sockets.
 
 The kernel has no network, so its sockets are Unix sockets in a host directory bind-mounted
-into the sandbox (`/run/kernel`); the host client connects to the same files by their host path.
-Each side gets its own connection file: the same key and socket names, but the kernel's points
-at `/run/kernel/...` and the client's at the host directory. Interrupts must travel as messages
-(`interrupt_request`): a signal would hit bwrap, not the kernel.
+into the sandbox (`/run/kernel`). That directory is the sandbox's to change, so the host never
+connects by those names: once the kernel has made its sockets, `sockets_ready()` pins each one
+(an O_PATH descriptor, refused unless it is a socket) and the client connects through links to
+`/proc/self/fd/N` in a directory only the host can write: to those inodes, whatever the sandbox
+does to the names later. Interrupts must travel as messages (`interrupt_request`): a signal
+would hit bwrap, not the kernel.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import host_files
 from .config import SandboxConfig
 from .process import SCRATCH, SandboxedProcess, probe, spawn
+from .uids import UidLease, lease_uid
 
 KERNEL_DIR = "/run/kernel"
 """Where the socket directory appears inside the sandbox."""
@@ -42,7 +46,10 @@ class KernelProcess(Protocol):
     """Host directory of the kernel's working directory (`/mnt/data` when sandboxed)."""
     data_dir_inside: str
     """That directory as code in the kernel sees it."""
+    uid: int | None
+    """The host uid the kernel's code runs as, when that is not the host process's own."""
 
+    def sockets_ready(self) -> bool: ...
     def alive(self) -> bool: ...
     def exit_status(self) -> int | None: ...
     def oom_kills(self) -> int: ...
@@ -51,7 +58,8 @@ class KernelProcess(Protocol):
 
 
 class _Runtime:
-    """A private host directory for the sockets, connection files and the kernel's stderr."""
+    """A private host directory (0700, the host's) for the kernel's socket directory, the
+    connection files, the client's pinned socket links and the kernel's stderr."""
 
     def __init__(self, owner: int | None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="harmony-kernel-"))
@@ -62,6 +70,9 @@ class _Runtime:
             os.chown(self.ipc, owner, owner)
         self.key = secrets.token_hex(32)
         self.stderr_path = self.root / "kernel.stderr"
+        self.pinned = self.root / "client"
+        self.pinned.mkdir(mode=0o700)
+        self._pins: dict[str, int] = {}
 
     def connection_info(self, ip: str) -> dict[str, Any]:
         return {
@@ -74,6 +85,8 @@ class _Runtime:
         }
 
     def write_kernel_file(self, ip: str, owner: int | None) -> Path:
+        # Written before the kernel starts, in a directory made just now: nothing of the
+        # sandbox can have planted a name there yet.
         path = self.ipc / "connection.json"
         path.write_text(json.dumps(self.connection_info(ip)))
         if owner is not None:
@@ -87,16 +100,70 @@ class _Runtime:
         except OSError:
             return ""
 
+    def pin_sockets(self) -> bool:
+        """Pin every socket the kernel has made so far; True once all are pinned. Raises
+        OSError when a socket's name holds anything else."""
+        dir_fd = host_files.open_dir(self.ipc)
+        try:
+            for port in _PORTS.values():
+                name = f"kernel-{port}"
+                if name not in self._pins:
+                    fd = host_files.pin_socket(dir_fd, name)
+                    if fd is None:
+                        return False
+                    self._pins[name] = fd
+                    (self.pinned / name).symlink_to(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(dir_fd)
+        return True
+
     def remove(self) -> None:
+        for fd in self._pins.values():
+            os.close(fd)
+        self._pins.clear()
+        # rmtree works through directory descriptors and never follows a link.
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _kernel_argv(connection_file: str) -> list[str]:
+# Run in the kernel at start. ipykernel sends what was printed since its last flush (every
+# 0.2 s, when the printing thread lets go of the GIL) as one message: hundreds of MB in a flood,
+# more than the kernel's memory holds. Flush every `limit` characters, and send only each
+# message's head and tail, saying in "cut" how much went.
+_CAP_STREAMS = """
+def _cap_streams(limit):
+    import sys
+    def cap(msg):
+        text = msg["content"].get("text", "")
+        if len(text) > 2 * limit:
+            msg["content"]["text"] = text[:limit] + text[-limit:]
+            msg["content"]["cut"] = len(text) - 2 * limit
+        return msg
+    for stream in (sys.stdout, sys.stderr):
+        if not hasattr(stream, "register_hook"):
+            continue
+        stream.register_hook(cap)
+        def write(text, _write=stream.write, _flush=stream.flush, _pending=[0]):
+            written = _write(text)
+            _pending[0] += len(text)
+            if _pending[0] > limit:
+                _pending[0] = 0
+                _flush()
+            return written
+        stream.write = write
+_cap_streams({limit})
+del _cap_streams
+"""
+
+
+def _kernel_argv(connection_file: str, stream_chars: int | None) -> list[str]:
     # History is off: it would keep an SQLite file and a thread for nothing a model uses.
-    return [
+    argv = [
         sys.executable, "-m", "ipykernel_launcher", "-f", connection_file,
         "--HistoryManager.enabled=False",
     ]  # fmt: skip
+    if stream_chars is not None:
+        argv.append(f"--IPKernelApp.exec_lines={_CAP_STREAMS.format(limit=stream_chars)}")
+    return argv
 
 
 def _kernel_env(tmp: str) -> dict[str, str]:
@@ -123,19 +190,25 @@ def _package_dirs() -> tuple[str, ...]:
 class SandboxedKernel:
     """An ipykernel in a sandbox (see `sandbox.process` for what that does and does not stop)."""
 
-    def __init__(self, data_dir: Path, config: SandboxConfig) -> None:
+    def __init__(self, data_dir: Path, config: SandboxConfig, stream_chars: int | None) -> None:
         config = replace(config, extra_ro_paths=(*config.extra_ro_paths, *_package_dirs()))
         support = probe(config)
-        owner = config.uid if support.as_root else None
+        self._lease: UidLease | None = None
+        if support.as_root and config.uid is None:
+            self._lease = lease_uid()
+            config = replace(config, uid=self._lease.uid)
+        owner = self.uid = config.uid if support.as_root else None
         self.data_dir = data_dir
         self.data_dir_inside = SCRATCH
         self._runtime = _Runtime(owner)
         try:
             kernel_file = self._runtime.write_kernel_file(f"{KERNEL_DIR}/kernel", owner)
-            self.connection_info = self._runtime.connection_info(str(self._runtime.ipc / "kernel"))
+            self.connection_info = self._runtime.connection_info(
+                str(self._runtime.pinned / "kernel")
+            )
             with open(self._runtime.stderr_path, "wb") as err:
                 self._proc: SandboxedProcess = spawn(
-                    _kernel_argv(f"{KERNEL_DIR}/{kernel_file.name}"),
+                    _kernel_argv(f"{KERNEL_DIR}/{kernel_file.name}", stream_chars),
                     scratch_dir=data_dir,
                     config=config,
                     env=_kernel_env("/tmp"),
@@ -145,7 +218,13 @@ class SandboxedKernel:
                 )
         except BaseException:
             self._runtime.remove()
+            self._release_uid()
             raise
+
+    def sockets_ready(self) -> bool:
+        """Whether the kernel has made all its sockets (now pinned; see the module docstring).
+        Raises OSError when one of their names holds anything but a socket."""
+        return self._runtime.pin_sockets()
 
     def alive(self) -> bool:
         return self._proc.alive()
@@ -162,6 +241,12 @@ class SandboxedKernel:
     def kill(self) -> None:
         self._proc.kill()
         self._runtime.remove()
+        self._release_uid()
+
+    def _release_uid(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
 
 class UnsandboxedKernel:
@@ -169,9 +254,10 @@ class UnsandboxedKernel:
     it can read and write everything the host user can, reach the network and outlive nothing
     but its own process group. Used only on explicit opt-in, and as a benchmark baseline."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, stream_chars: int | None) -> None:
         self.data_dir = data_dir
         self.data_dir_inside = str(data_dir)
+        self.uid = None
         self._runtime = _Runtime(None)
         try:
             ip = str(self._runtime.ipc / "kernel")
@@ -187,7 +273,7 @@ class UnsandboxedKernel:
             }
             with open(self._runtime.stderr_path, "wb") as err:
                 self._popen = subprocess.Popen(
-                    _kernel_argv(str(kernel_file)),
+                    _kernel_argv(str(kernel_file), stream_chars),
                     cwd=data_dir,
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -198,6 +284,9 @@ class UnsandboxedKernel:
         except BaseException:
             self._runtime.remove()
             raise
+
+    def sockets_ready(self) -> bool:
+        return True  # the code has the host user's rights anyway: nothing to pin against
 
     def alive(self) -> bool:
         return self._popen.poll() is None
@@ -225,13 +314,17 @@ def start_kernel(
     *,
     config: SandboxConfig | None = None,
     dangerously_unsandboxed: bool = False,
+    stream_chars: int | None = None,
 ) -> KernelProcess:
     """Start a kernel whose working directory is `data_dir`; sandboxed unless told otherwise.
+
+    `stream_chars`: the kernel sends at most twice this many characters of printed output per
+    message, its head and tail, with the number left out as the message's `cut`.
 
     Returns at once: the caller connects with `connection_info` and waits for the kernel to
     answer, watching `alive()`. Raises `SandboxUnavailable` when the sandbox cannot run here.
     """
     path = Path(data_dir)
     if dangerously_unsandboxed:
-        return UnsandboxedKernel(path)
-    return SandboxedKernel(path, config or SandboxConfig())
+        return UnsandboxedKernel(path, stream_chars)
+    return SandboxedKernel(path, config or SandboxConfig(), stream_chars)

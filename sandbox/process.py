@@ -12,7 +12,8 @@ What the sandboxed process gets:
   writable host directory the caller names, seen as `/mnt/data`. Nothing of the project tree,
   `/root`, `/home`, the host's `/tmp` or other `/etc` files is visible;
 - an unprivileged uid with no capabilities and no_new_privs (when the host runs us as root, a
-  dedicated uid; otherwise the caller's own uid in a user namespace that cannot nest another);
+  uid leased for this sandbox alone, see `uids`; otherwise the caller's own uid in a user
+  namespace that cannot nest another);
 - a cleared environment, holding only what the caller passes;
 - limits: memory and process count per sandbox (cgroup v1 where we can create groups, rlimits
   otherwise), CPU seconds, file size and open files per process (rlimits);
@@ -44,11 +45,11 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from . import _cgroup, _seccomp
+from . import _cgroup, _seccomp, host_files, uids
 from .config import SandboxConfig
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,15 @@ def _outermost(paths: Iterable[str]) -> list[str]:
 class SandboxedProcess:
     """One process tree running in a sandbox. Create it with `spawn()`."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], cgroups: _cgroup.CgroupSet | None) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        cgroups: _cgroup.CgroupSet | None,
+        lease: uids.UidLease | None = None,
+    ) -> None:
         self.popen = popen
         self._cgroups = cgroups
+        self._lease = lease
 
     @property
     def pid(self) -> int:
@@ -145,6 +152,9 @@ class SandboxedProcess:
         if self._cgroups is not None:
             self._cgroups.destroy()
             self._cgroups = None
+        if self._lease is not None and self.popen.poll() is not None:
+            self._lease.release()
+            self._lease = None
 
 
 @functools.cache
@@ -153,7 +163,7 @@ def _bwrap_help(bwrap: str) -> str:
 
 
 @functools.cache
-def _probe(as_root: bool, uid: int) -> Support:
+def _probe(as_root: bool) -> Support:
     if not sys.platform.startswith("linux"):
         raise SandboxUnavailable(f"the python sandbox needs Linux, not {sys.platform}")
     bwrap = shutil.which("bwrap")
@@ -175,13 +185,14 @@ def _probe(as_root: bool, uid: int) -> Support:
     if support.seccomp is not None:
         log.warning("sandboxes run without a seccomp filter: %s is unavailable", support.seccomp)
     # Namespaces can be refused by the kernel, a container runtime or an LSM: try one for real.
+    lease = uids.lease_uid() if as_root else None
     with tempfile.TemporaryDirectory(prefix="harmony-probe-") as scratch:
-        if as_root:
-            os.chown(scratch, uid, uid)
+        if lease is not None:
+            os.chown(scratch, lease.uid, lease.uid)
         proc = _spawn(
             support,
             [sys.executable, "-I", "-S", "-c", "pass"],
-            SandboxConfig(uid=uid, seccomp=False),
+            SandboxConfig(uid=lease.uid if lease else None, seccomp=False),
             scratch,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -192,6 +203,8 @@ def _probe(as_root: bool, uid: int) -> Support:
             err = b"timed out after 30 s"
         finally:
             proc.kill()
+            if lease is not None:
+                lease.release()
     if proc.popen.returncode != 0:
         last = (err.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         raise SandboxUnavailable(f"bubblewrap cannot create a sandbox on this machine: {last}")
@@ -200,8 +213,8 @@ def _probe(as_root: bool, uid: int) -> Support:
 
 def probe(config: SandboxConfig | None = None) -> Support:
     """What this machine offers; raises `SandboxUnavailable` naming what is missing. Cached."""
-    config = config or SandboxConfig()
-    return _probe(os.geteuid() == 0, config.uid)
+    del config  # what the machine offers does not depend on the limits asked for
+    return _probe(os.geteuid() == 0)
 
 
 def spawn(
@@ -218,19 +231,43 @@ def spawn(
     """Start `argv` (a path inside the sandbox: the host's Python and `/usr` are there) sandboxed.
 
     `scratch_dir` is the host directory seen read-write as /mnt/data (the working directory);
-    running as root it is chowned to the sandbox uid. `binds` maps more host directories to
+    running as root it is given to the sandbox uid, with whatever earlier sandboxes left in it
+    (files of other uids stay as they are). `binds` maps more host directories to
     read-write places inside (the caller prepares their ownership). `env` is the whole
     environment of the payload, on top of PATH/HOME/LANG defaults.
     Raises `SandboxUnavailable` when the machine cannot sandbox.
     """
     config = config or SandboxConfig()
     support = probe(config)
+    lease = None
     if support.as_root:
-        os.chown(scratch_dir, config.uid, config.uid)
-    return _spawn(
-        support, argv, config, os.fspath(scratch_dir), env=env, binds=binds,
-        stdin=stdin, stdout=stdout, stderr=stderr,
-    )  # fmt: skip
+        if config.uid is None:
+            lease = uids.lease_uid()
+            config = replace(config, uid=lease.uid)
+        assert config.uid is not None
+        adopt_scratch(scratch_dir, config.uid)
+    try:
+        proc = _spawn(
+            support, argv, config, os.fspath(scratch_dir), env=env, binds=binds,
+            stdin=stdin, stdout=stdout, stderr=stderr, lease=lease,
+        )  # fmt: skip
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    return proc
+
+
+def adopt_scratch(scratch_dir: str | os.PathLike[str], uid: int) -> None:
+    """Give `uid` the scratch directory and what earlier leased uids left in it, following no
+    name the sandbox could have planted."""
+    # The caller's path is the host's own; only what lies inside it is the sandbox's.
+    dir_fd = host_files.open_dir(os.path.realpath(scratch_dir))
+    try:
+        os.fchown(dir_fd, uid, uid)
+        host_files.chown_tree(dir_fd, uid, only=lambda owner: uids.in_range(owner) and owner != uid)
+    finally:
+        os.close(dir_fd)
 
 
 def _spawn(
@@ -244,12 +281,13 @@ def _spawn(
     stdin: int | IO[bytes] | None = subprocess.DEVNULL,
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
+    lease: uids.UidLease | None = None,
 ) -> SandboxedProcess:
     files: list[BinaryIO] = []
     cgroups: _cgroup.CgroupSet | None = None
     try:
-        uid = config.uid if support.as_root else os.getuid()
-        gid = config.uid if support.as_root else os.getgid()
+        uid = config.uid if support.as_root and config.uid is not None else os.getuid()
+        gid = config.uid if support.as_root and config.uid is not None else os.getgid()
         args = _bwrap_args(support, config, scratch_dir, binds or {}, uid, gid, files)
         rlimits = {
             "RLIMIT_NPROC": config.max_processes,
@@ -307,7 +345,7 @@ def _spawn(
     finally:
         for f in files:
             f.close()
-    return SandboxedProcess(popen, cgroups)
+    return SandboxedProcess(popen, cgroups, lease)
 
 
 def _data_file(data: bytes, files: list[BinaryIO]) -> str:

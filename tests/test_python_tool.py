@@ -319,7 +319,8 @@ def test_cannot_kill_its_parent(run: Runner) -> None:
 
 def test_kill_everything_reaches_only_the_sandbox(run: Runner) -> None:
     # A host process of the sandbox's own uid: only the pid namespace keeps it out of reach.
-    uid = run.tool.sandbox_config.uid
+    uid = run.tool.sandbox_uid
+    assert uid is not None and uid != 0
     bystander = subprocess.Popen(["sleep", "60"], user=uid, group=uid, extra_groups=[])
     try:
         out = run("import subprocess\nsubprocess.run(['/bin/sh', '-c', 'kill -9 -1'])")
@@ -329,6 +330,25 @@ def test_kill_everything_reaches_only_the_sandbox(run: Runner) -> None:
         bystander.kill()
         bystander.wait()
     run.assert_works()
+
+
+def test_a_tool_holding_all_its_processes_starves_no_other_tool() -> None:
+    config = SandboxConfig(max_processes=32)
+    hog, other = Runner(PythonTool(sandbox=config)), Runner(PythonTool(sandbox=config))
+    try:
+        out = hog(
+            "import os, time\nheld = 0\nwhile True:\n    try:\n        pid = os.fork()\n"
+            "    except OSError:\n        break\n"
+            "    if pid == 0:\n        time.sleep(120)\n        os._exit(0)\n    held += 1\nheld"
+        )
+        assert int(out) > 10
+        # Its kernel starts, threads and all, and runs code that starts processes.
+        assert other("import subprocess\nsubprocess.run(['echo', 'free'], text=True, "
+                     "capture_output=True).stdout.strip()") == "'free'"  # fmt: skip
+        assert hog.tool.sandbox_uid != other.tool.sandbox_uid
+    finally:
+        hog.close()
+        other.close()
 
 
 def test_cancelled_call_is_interrupted_and_the_tool_recovers(run: Runner) -> None:
@@ -379,7 +399,9 @@ def test_kernel_that_cannot_start_is_reported(monkeypatch: pytest.MonkeyPatch) -
     import sandbox.kernel
 
     monkeypatch.setattr(
-        sandbox.kernel, "_kernel_argv", lambda f: [sys.executable, "-c", "raise SystemExit('boom')"]
+        sandbox.kernel,
+        "_kernel_argv",
+        lambda *a: [sys.executable, "-c", "raise SystemExit('boom')"],
     )
     runner = Runner(PythonTool())
     try:

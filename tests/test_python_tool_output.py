@@ -71,3 +71,37 @@ def test_clear_output_and_keyboard_interrupt() -> None:
     c.drop_keyboard_interrupt()
     assert c.text() == "new"
     assert c.error is None
+
+
+def test_a_flood_keeps_head_and_tail_and_counts_the_rest() -> None:
+    c = OutputCollector(lambda data, ext: "unused", max_chars=100)
+    c.add(msg("stream", name="stdout", text="HEAD"))
+    for i in range(10_000):
+        c.add(msg("stream", name="stdout", text=f"{i:09d}\n"))
+    # A message the kernel already trimmed says how much it left out.
+    c.add(msg("stream", name="stdout", text="kernel-trimmed", cut=1_000_000))
+    c.add(msg("stream", name="stdout", text="TAIL"))
+    out = c.text()
+    total = 4 + 10_000 * 10 + len("kernel-trimmed") + 1_000_000 + 4
+    assert out.startswith("HEAD000000000\n")
+    assert out.endswith("kernel-trimmedTAIL")
+    head, rest = out.split("\n[... ", 1)
+    marker, tail = rest.split(" ...]\n", 1)
+    assert marker == f"{total - 100} characters cut"
+    assert len(head) == len(tail) == 50
+    # Bounded while it streams: the collector holds a few times its limit, never the flood.
+    assert sum(map(len, c._window.head + c._window.tail)) <= 3 * 100
+
+
+def test_image_save_errors_and_the_image_cap_are_reported() -> None:
+    def refuse(data: bytes, ext: str) -> str:
+        raise OSError(28, "No space left on device", "/host/secret/path")
+
+    c = OutputCollector(refuse, max_images=1)
+    png = {"image/png": base64.b64encode(b"png").decode()}
+    c.add(msg("display_data", data=png))
+    c.add(msg("display_data", data=png))
+    assert c.text() == (
+        "[image not saved: No space left on device]\n"
+        "[image not saved: too many images in one call]"
+    )

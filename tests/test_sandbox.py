@@ -124,6 +124,63 @@ def test_seccomp_denies_namespace_and_debugging_syscalls(tmp_path: Path) -> None
     assert out.split() == ["1", "1", "1"]  # EPERM each
 
 
+def test_seccomp_refuses_socket_families_beyond_unix_and_ip(tmp_path: Path) -> None:
+    if probe().seccomp is not None:
+        pytest.skip(f"seccomp unavailable: {probe().seccomp}")
+    # Only creation is tried: no socket is connected anywhere.
+    out = py(
+        "import socket\n"
+        "for family in (40, 17, 38, 31, 44, 255):\n"  # VSOCK, PACKET, ALG, BLUETOOTH, XDP, junk
+        "    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW):\n"
+        "        try:\n            socket.socket(family, kind).close()\n"
+        "            print('CREATED', family, kind)\n"
+        "        except OSError as e:\n            pass\n"
+        "for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):\n"
+        "    socket.socket(family, socket.SOCK_STREAM).close()\n"
+        "socket.socketpair()[0].close()\n"
+        "print(socket.getaddrinfo('localhost', 80)[0][4])\n"
+        "print('ok')",
+        tmp_path,
+    )
+    assert "CREATED" not in out
+    assert out.splitlines()[-1] == "ok"
+
+
+def test_each_sandbox_has_a_uid_and_a_process_limit_of_its_own(tmp_path: Path) -> None:
+    if not probe().as_root:
+        pytest.skip("sandbox uids are chosen only when the host runs as root")
+    config = SandboxConfig(max_processes=16)
+    hog_dir, other_dir = tmp_path / "hog", tmp_path / "other"
+    hog_dir.mkdir()
+    other_dir.mkdir()
+    # The first sandbox forks until it is refused and keeps every process it got.
+    hog = spawn(
+        [sys.executable, "-c",
+         "import os, sys, time\nn = 0\nwhile True:\n    try:\n        pid = os.fork()\n"
+         "    except OSError:\n        break\n"
+         "    if pid == 0:\n        time.sleep(60)\n        os._exit(0)\n    n += 1\n"
+         "print(n, os.getuid(), flush=True)\ntime.sleep(60)"],
+        scratch_dir=hog_dir, config=config, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert hog.popen.stdout is not None
+        held, hog_uid = map(int, hog.popen.stdout.readline().split())
+        assert held >= 10
+        # The second can still start processes of its own, as another uid.
+        out = py(
+            "import os, subprocess\n"
+            "procs = [subprocess.Popen(['sleep', '0.2']) for _ in range(8)]\n"
+            "print(sum(p.wait() == 0 for p in procs), os.getuid())",
+            other_dir,
+            config,
+        )
+        started, other_uid = map(int, out.split())
+        assert started == 8
+        assert other_uid != hog_uid and 0 not in (hog_uid, other_uid)
+    finally:
+        hog.kill()
+
+
 def processes_of(uid: int) -> list[str]:
     found = []
     for p in os.listdir("/proc"):

@@ -59,16 +59,72 @@ def format_traceback(frames: list[str], ename: str, evalue: str) -> str:
     return "\n".join([*head, *body, *tail])
 
 
+class _Window:
+    """Text appended piece by piece, of which only the first and the last `keep` characters are
+    kept: a call that prints gigabytes must cost the host kilobytes. `cut` counts the rest."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.head: list[str] = []
+        self.head_len = 0
+        self.tail: list[str] = []
+        self.tail_len = 0
+        self.cut = 0
+        self.last_char = ""
+
+    def append(self, text: str, cut: int = 0) -> None:
+        """Add `text`; `cut` counts characters its sender already left out of it."""
+        self.cut += cut
+        if not text:
+            return
+        self.last_char = text[-1]
+        if self.head_len < self.keep:
+            taken = text[: self.keep - self.head_len]
+            self.head.append(taken)
+            self.head_len += len(taken)
+            text = text[len(taken) :]
+        if text:
+            self.tail.append(text)
+            self.tail_len += len(text)
+            if self.tail_len > 2 * self.keep:
+                # Amortised: the tail is rejoined once per `keep` characters at most.
+                joined = "".join(self.tail)
+                self.cut += len(joined) - self.keep
+                self.tail, self.tail_len = [joined[-self.keep :]], self.keep
+
+    def render(self, clean: Callable[[str], str]) -> str:
+        """The text kept, passed through `clean`, without trailing newlines, within `keep`."""
+        if not self.cut:
+            return truncate(clean("".join(self.head + self.tail)).rstrip("\n"), self.keep)
+        head, tail = clean("".join(self.head)), clean("".join(self.tail)).rstrip("\n")
+        half = max(self.keep // 2, 1)
+        cut = self.cut + max(len(head) - half, 0) + max(len(tail) - half, 0)
+        return f"{head[:half]}\n[... {cut} characters cut ...]\n{tail[-half:]}"
+
+
 class OutputCollector:
-    """Accumulates one execution's output in arrival order.
+    """Accumulates one execution's output in arrival order, within `max_chars`: longer output
+    keeps its head and tail, with a marker saying how much was cut (memory stays bounded while
+    it streams, however much the code prints).
 
     `save_image(data, extension)` stores an image and returns the path the model should read
-    (under /mnt/data); it is called once per image.
+    (under /mnt/data), or raises OSError; it is called once per image, for at most `max_images`
+    images.
     """
 
-    def __init__(self, save_image: Callable[[bytes, str], str]) -> None:
+    def __init__(
+        self,
+        save_image: Callable[[bytes, str], str],
+        *,
+        max_chars: int = 16_000,
+        max_images: int = 50,
+    ) -> None:
         self._save_image = save_image
-        self._parts: list[str] = []
+        self._max_chars = max_chars
+        self._images_left = max_images
+        self._window = _Window(max_chars)
+        self._pending_error = ""
+        """The last traceback, held back so that an interrupt's can still be dropped."""
         self.error: tuple[str, str] | None = None
         """(ename, evalue) of the error the execution raised, if any."""
 
@@ -76,41 +132,64 @@ class OutputCollector:
         kind = msg["header"]["msg_type"]
         content = msg["content"]
         if kind == "stream":
-            self._parts.append(content.get("text", ""))
+            self._flush_error()
+            self._window.append(content.get("text", ""), cut=int(content.get("cut", 0)))
         elif kind in ("execute_result", "display_data"):
             self._add_data(content.get("data", {}))
         elif kind == "error":
             ename, evalue = content.get("ename", "Error"), content.get("evalue", "")
-            self.error = (ename, evalue)
             self._newline()
-            self._parts.append(format_traceback(content.get("traceback", []), ename, evalue) + "\n")
+            self._flush_error()
+            self.error = (ename, evalue)
+            self._pending_error = (
+                format_traceback(content.get("traceback", []), ename, evalue) + "\n"
+            )
         elif kind == "clear_output":
-            self._parts.clear()
+            self._window = _Window(self._max_chars)
+            self._pending_error = ""
+
+    def _flush_error(self) -> None:
+        if self._pending_error:
+            self._window.append(self._pending_error)
+            self._pending_error = ""
+
+    def _append(self, text: str) -> None:
+        self._flush_error()
+        self._window.append(text)
 
     def _newline(self) -> None:
-        if self._parts and not self._parts[-1].endswith("\n"):
-            self._parts.append("\n")
+        if self._pending_error:
+            return  # a traceback ends with one
+        if self._window.last_char not in ("", "\n"):
+            self._window.append("\n")
 
     def _add_data(self, data: dict[str, Any]) -> None:
         self._newline()
         for mime, ext in _IMAGE_TYPES.items():
             if mime in data:
-                path = self._save_image(base64.b64decode(data[mime]), ext)
-                self._parts.append(f"[image saved to {path}]\n")
+                if self._images_left <= 0:
+                    self._append("[image not saved: too many images in one call]\n")
+                    return
+                self._images_left -= 1
+                try:
+                    path = self._save_image(base64.b64decode(data[mime]), ext)
+                except OSError as e:
+                    # strerror only: the exception's file name would be a host path.
+                    self._append(f"[image not saved: {e.strerror or 'error'}]\n")
+                    return
+                self._append(f"[image saved to {path}]\n")
                 return
         text = data.get("text/plain")
         if text is not None:
-            self._parts.append(strip_ansi(text) + "\n")
+            self._append(strip_ansi(text) + "\n")
 
     def drop_keyboard_interrupt(self) -> None:
         """Remove the KeyboardInterrupt traceback an interrupt leaves: our own timeout message
         says what happened."""
         if self.error and self.error[0] == "KeyboardInterrupt":
-            for i in range(len(self._parts) - 1, -1, -1):
-                if "KeyboardInterrupt" in self._parts[i]:
-                    del self._parts[i]
-                    break
+            self._pending_error = ""
             self.error = None
 
     def text(self) -> str:
-        return _apply_carriage_returns(strip_ansi("".join(self._parts))).rstrip("\n")
+        self._flush_error()
+        return self._window.render(lambda t: _apply_carriage_returns(strip_ansi(t)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -21,20 +22,37 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+import zmq
+import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from openai_harmony import ToolNamespaceConfig
 
-from sandbox import KernelProcess, SandboxConfig, SandboxUnavailable, probe, start_kernel
+from sandbox import (
+    KernelProcess,
+    SandboxConfig,
+    SandboxUnavailable,
+    host_files,
+    probe,
+    start_kernel,
+)
+from sandbox.uids import UidLease, lease_uid
 
-from ._jupyter_output import OutputCollector, truncate
+from ._jupyter_output import OutputCollector
 from .base import BuiltinTool, ToolCall
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
 """How often a waiting call checks that the kernel is still alive."""
+_MAX_MESSAGE_BYTES = 64 << 20
+"""A kernel message larger than this drops the connection (ZeroMQ reconnects at once): the
+kernel is the model's, and nothing it sends may cost the host unbounded memory."""
+_QUEUED_MESSAGES = 4
+"""Messages ZeroMQ may queue per socket on the host before it stops reading the kernel."""
+_IMAGE_NAME_TRIES = 1000
 _STATE_LOST = (
     "all variables, imports and definitions are lost; files in {data} are kept. "
     "Re-run any setup you still need."
@@ -64,9 +82,16 @@ class KernelSession:
     @classmethod
     async def start(cls, launch: Callable[[], KernelProcess], timeout: float) -> KernelSession:
         """Launch a kernel and wait until it answers `kernel_info`; raise `KernelStartError`."""
-        session = cls(launch())
+        deadline = time.monotonic() + timeout
+        kernel = launch()
         try:
-            await session._wait_ready(timeout)
+            await _wait_for_sockets(kernel, deadline)
+            session = cls(kernel)
+        except BaseException:
+            kernel.kill()
+            raise
+        try:
+            await session._wait_ready(deadline - time.monotonic())
         except BaseException:
             session.kill()
             raise
@@ -74,17 +99,25 @@ class KernelSession:
         return session
 
     def _connect(self) -> AsyncKernelClient:
-        client = AsyncKernelClient()
+        context = zmq.asyncio.Context()
+        # Options a context sets apply to every socket it makes.
+        context.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE_BYTES)
+        context.setsockopt(zmq.RCVHWM, _QUEUED_MESSAGES)
+        client = AsyncKernelClient(context=context)
         # A plain dict with the keys of jupyter_client's KernelConnectionInfo.
         client.load_connection_info(self.kernel.connection_info)  # type: ignore[arg-type]
         client.start_channels()
         return client
 
+    def _disconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.stop_channels()
+            self.client.context.destroy(linger=0)
+
     async def reconnect(self, timeout: float) -> None:
         """Connect anew from the running event loop: the client's asyncio sockets are bound to
         the loop they were made in, the kernel (and its state) to none."""
-        with contextlib.suppress(Exception):
-            self.client.stop_channels()
+        self._disconnect()
         self.client = self._connect()
         self.loop = asyncio.get_running_loop()
         # Output of an execution abandoned on the old loop was published to the old client.
@@ -101,9 +134,7 @@ class KernelSession:
         shell_ok = iopub_ok = False
         while not (shell_ok and iopub_ok):
             if not self.kernel.alive():
-                tail = self.kernel.stderr_tail().strip().splitlines()
-                why = tail[-1] if tail else f"exit status {self.kernel.exit_status()}"
-                raise KernelStartError(f"the Python kernel exited while starting: {why}")
+                raise _exited_while_starting(self.kernel)
             now = time.monotonic()
             if now > deadline:
                 raise KernelStartError(f"the Python kernel did not answer within {timeout:g} s")
@@ -156,9 +187,29 @@ class KernelSession:
         return self.kernel.oom_kills() > self.oom_kills_at_start
 
     def kill(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.stop_channels()
+        self._disconnect()
         self.kernel.kill()
+
+
+async def _wait_for_sockets(kernel: KernelProcess, deadline: float) -> None:
+    """Wait until the kernel has made (and the host pinned) its sockets."""
+    while True:
+        try:
+            if kernel.sockets_ready():
+                return
+        except OSError as e:
+            raise KernelStartError(f"the kernel's sockets were tampered with ({e})") from None
+        if not kernel.alive():
+            raise _exited_while_starting(kernel)
+        if time.monotonic() > deadline:
+            raise KernelStartError("the Python kernel did not make its sockets in time")
+        await asyncio.sleep(_POLL_S / 5)
+
+
+def _exited_while_starting(kernel: KernelProcess) -> KernelStartError:
+    tail = kernel.stderr_tail().strip().splitlines()
+    why = tail[-1] if tail else f"exit status {kernel.exit_status()}"
+    return KernelStartError(f"the Python kernel exited while starting: {why}")
 
 
 class PythonTool(BuiltinTool):
@@ -171,7 +222,7 @@ class PythonTool(BuiltinTool):
         data_dir: host directory shown to the code as /mnt/data. By default a temporary
             directory, removed by `aclose()`; a directory you pass is kept.
         max_output_chars: longer output keeps its head and tail, with a marker saying how much
-            was cut.
+            was cut; the rest is dropped as it streams, so a flood costs no host memory.
         startup_timeout: seconds the kernel may take to start.
         interrupt_grace: seconds a timed-out call has to stop after the interrupt.
         dangerously_allow_unsandboxed: where the sandbox cannot run, run the model's code as an
@@ -220,6 +271,8 @@ class PythonTool(BuiltinTool):
             )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             log.warning(message)
+        self._uid_lease: UidLease | None = None
+        """The uid this tool's kernels run as, kept across restarts so /mnt/data stays theirs."""
         self._given_data_dir = Path(data_dir) if data_dir is not None else None
         self._data_dir: Path | None = None
         self._session: KernelSession | None = None
@@ -238,7 +291,8 @@ class PythonTool(BuiltinTool):
         if self._data_dir is None:
             if self._given_data_dir is not None:
                 self._given_data_dir.mkdir(parents=True, exist_ok=True)
-                self._data_dir = self._given_data_dir
+                # Resolved once: later opens refuse a link as the last component.
+                self._data_dir = self._given_data_dir.resolve()
             else:
                 self._data_dir = Path(tempfile.mkdtemp(prefix="harmony-data-"))
                 # Removed by aclose(), or when the tool is garbage-collected or Python exits.
@@ -267,6 +321,9 @@ class PythonTool(BuiltinTool):
         """Kill the kernel and everything it started; remove the default data directory."""
         # No lock: closing must work from any loop, and killing the kernel ends any call.
         self._kill_session()
+        if self._uid_lease is not None:
+            self._uid_lease.release()
+            self._uid_lease = None
         if self._data_dir_cleanup is not None:
             self._data_dir_cleanup()
             self._data_dir_cleanup = None
@@ -274,9 +331,22 @@ class PythonTool(BuiltinTool):
 
     # -- internals ----------------------------------------------------------------------------
 
+    @property
+    def sandbox_uid(self) -> int | None:
+        """The host uid the model's code runs as (None when it is this process's own)."""
+        return self._session.kernel.uid if self._session is not None else None
+
     def _launch(self) -> KernelProcess:
+        config = self.sandbox_config
+        if not self.unsandboxed and config.uid is None and probe(config).as_root:
+            if self._uid_lease is None:
+                self._uid_lease = lease_uid()
+            config = replace(config, uid=self._uid_lease.uid)
         return start_kernel(
-            self.data_dir, config=self.sandbox_config, dangerously_unsandboxed=self.unsandboxed
+            self.data_dir,
+            config=config,
+            dangerously_unsandboxed=self.unsandboxed,
+            stream_chars=self.max_output_chars,
         )
 
     async def _ensure_session(self, notes: list[str]) -> KernelSession:
@@ -322,24 +392,29 @@ class PythonTool(BuiltinTool):
         return _STATE_LOST.format(data=inside)
 
     def _save_image(self, data: bytes, ext: str) -> str:
-        for n in self._image_numbers:
-            name = f"output_{n}.{ext}"
-            path = self.data_dir / name
-            if not path.exists():
-                break
-        path.write_bytes(data)
-        if os.geteuid() == 0 and not self.unsandboxed:
-            # Let the code in the sandbox open, change or delete it like its own files.
-            with contextlib.suppress(OSError):
-                os.chown(path, self.sandbox_config.uid, self.sandbox_config.uid)
-        inside = "/mnt/data" if not self.unsandboxed else str(self.data_dir)
-        return f"{inside}/{name}"
+        # The code may have planted any name here (links to host files, FIFOs, loops): create
+        # exclusively, relative to the directory, never following a link; skip taken names.
+        # The file belongs to the sandbox's uid, like the code's own files.
+        owner = self.sandbox_uid
+        dir_fd = host_files.open_dir(self.data_dir)
+        try:
+            for _ in range(_IMAGE_NAME_TRIES):
+                name = f"output_{next(self._image_numbers)}.{ext}"
+                try:
+                    host_files.write_new_file(dir_fd, name, data, owner=owner)
+                except FileExistsError:
+                    continue
+                inside = "/mnt/data" if not self.unsandboxed else str(self.data_dir)
+                return f"{inside}/{name}"
+        finally:
+            os.close(dir_fd)
+        raise OSError(errno.EEXIST, f"{_IMAGE_NAME_TRIES} output names in a row were taken")
 
     async def _run(self, session: KernelSession, code: str) -> tuple[str, list[str]]:
         """The call's output, and notes on what went wrong (timeout, kernel death)."""
         notes: list[str] = []
         await session._drain()
-        collector = OutputCollector(self._save_image)
+        collector = OutputCollector(self._save_image, max_chars=self.max_output_chars)
         msg_id = session.client.execute(code, store_history=True, allow_stdin=False)
         try:
             outcome = await session.wait_idle(
@@ -371,7 +446,7 @@ class PythonTool(BuiltinTool):
                 session.interrupt()
             session.stale_msg_id = msg_id
             raise
-        return truncate(collector.text(), self.max_output_chars), notes
+        return collector.text(), notes
 
     def _death_note(self, session: KernelSession) -> str:
         status = session.kernel.exit_status()
