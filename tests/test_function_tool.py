@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 import pytest
 from openai_harmony import DeveloperContent, Message, Role
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from typing_extensions import TypedDict
 
 from model import harmony_encoding
@@ -272,6 +272,31 @@ def test_nested_violation_points_into_the_structure() -> None:
         "- field 'point.x': expected number, got string \"far\"",
         "- missing required field 'points[1].x'",
     ]
+
+
+class Order(BaseModel):
+    quantity: int
+    sku: str
+
+    @field_validator("sku")
+    @classmethod
+    def known_prefix(cls, value: str) -> str:
+        if not value.startswith("SKU-"):
+            raise ValueError("sku must start with 'SKU-'")
+        return value
+
+
+def test_a_custom_validator_reads_like_a_schema_error() -> None:
+    def place(order: Order, note: str = "") -> str:
+        return f"placed {order.quantity}"
+
+    tool = function_tool(place)
+    with pytest.raises(ToolError) as info:
+        asyncio.run(tool.invoke('{"order": {"quantity": 2, "sku": "42"}}'))
+    assert str(info.value) == (
+        "Invalid arguments for functions.place:\n- field 'order.sku': sku must start with 'SKU-'"
+    )
+    assert asyncio.run(tool.invoke('{"order": {"quantity": 2, "sku": "SKU-1"}}')) == "placed 2"
 
 
 def test_empty_arguments_mean_no_arguments() -> None:

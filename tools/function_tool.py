@@ -7,13 +7,15 @@ import dataclasses
 import functools
 import inspect
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, overload
 
 from jsonschema import Draft202012Validator, ValidationError
 from openai_harmony import ToolDescription
 from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import ErrorDetails
 
 from .base import ToolError
 from .function_schema import function_schema, harmony_parameters
@@ -78,9 +80,7 @@ class FunctionTool:
             )
         errors = sorted(self._validator.iter_errors(args), key=lambda e: list(e.absolute_path))
         if errors:
-            lines = "\n".join(f"- {_explain(e)}" for e in errors[:8])
-            more = f"\n- ... and {len(errors) - 8} more" if len(errors) > 8 else ""
-            raise ToolError(f"Invalid arguments for {self.recipient}:\n{lines}{more}")
+            raise invalid_arguments(self.recipient, [_explain(e) for e in errors])
         return args
 
     async def invoke(self, arguments: str, context: RunContext[Any] | None = None) -> str:
@@ -124,16 +124,32 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _location(error: ValidationError) -> str:
+def invalid_arguments(recipient: str, problems: list[str]) -> ToolError:
+    """The error the model reads for arguments that failed validation, one problem a line."""
+    lines = "\n".join(f"- {p}" for p in problems[:8])
+    more = f"\n- ... and {len(problems) - 8} more" if len(problems) > 8 else ""
+    return ToolError(f"Invalid arguments for {recipient}:\n{lines}{more}")
+
+
+def _location(parts: Iterable[str | int]) -> str:
     path = ""
-    for part in error.absolute_path:
+    for part in parts:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
 
 
+def _explain_pydantic(error: ErrorDetails) -> str:
+    """A pydantic error (a custom validator's, say) in the words `_explain` uses."""
+    where = _location(error["loc"])
+    field_name = f"field '{where}'" if where else "the arguments"
+    # "Value error, x must be positive": the prefix names pydantic's exception class, not the field.
+    message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return f"{field_name}: {message}"
+
+
 def _explain(error: ValidationError) -> str:
     """One line naming the field, what was expected and what was given."""
-    where = _location(error)
+    where = _location(error.absolute_path)
     field_name = f"field '{where}'" if where else "the arguments"
     if error.validator == "type":
         expected = error.validator_value
@@ -210,7 +226,14 @@ def function_tool(
         schema = function_schema(fn, name=name, description=description)
 
         async def on_invoke(args: dict[str, Any], *context: RunContext[Any]) -> Any:
-            parsed = schema.model.model_validate(args)
+            try:
+                parsed = schema.model.model_validate(args)
+            except PydanticValidationError as e:
+                # What the JSON schema cannot say (custom validators) fails here, as precisely.
+                recipient = f"functions.{schema.name}"
+                raise invalid_arguments(
+                    recipient, [_explain_pydantic(d) for d in e.errors()]
+                ) from None
             kwargs = {k: getattr(parsed, k) for k in type(parsed).model_fields}
             if inspect.iscoroutinefunction(fn):
                 return await fn(*context, **kwargs)
