@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     try:
         from model.cli import add_model_commands
-        from model.finetune_cli import add_finetune_command
+        from model.train.cli import add_finetune_command
     except ModuleNotFoundError as e:  # without torch there are no model utilities
         if e.name != "torch":
             raise

@@ -80,17 +80,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from model.config import ModelConfig
     from model.encoding import harmony_encoding
-    from model.finetune import (
-        CompactVocab,
+    from model.train.data import CompactVocab, load_examples, used_tokens
+    from model.train.export import save_compact
+    from model.train.loop import (
         FinetuneConfig,
         finetune,
         init_transformer,
-        load_examples,
         progress_printer,
-        save_compact,
         shrink_vocab,
         tie_embeddings,
-        used_tokens,
         zero_rows_outside,
     )
 
@@ -223,8 +221,9 @@ def _dense_model(path: str) -> object:
 
     from model import load_model
     from model.config import ModelConfig
-    from model.finetune import CompactVocab, export_checkpoint
-    from model.gpt_oss import Transformer
+    from model.train.data import CompactVocab
+    from model.train.export import export_checkpoint
+    from model.transformer import Transformer
 
     saved = torch.load(path)
     vocab = CompactVocab(saved["ids"].tolist(), DEMO_CONFIG["vocab_size"])

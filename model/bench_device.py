@@ -21,7 +21,7 @@ import torch
 
 from .bench import decode_bytes_per_token
 from .config import PRESETS, ModelConfig
-from .engine import GptOss
+from .gpt_oss import GptOss
 from .protocol import Sampling
 
 MXFP4_BYTES = 17 / 32  # 16 bytes of nibbles and one scale byte per 32 weights

@@ -12,10 +12,10 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointError, repack
 from .config import ModelConfig
-from .gpt_oss import Transformer, rope_inv_freq
+from .transformer import Transformer, rope_inv_freq
 
 if TYPE_CHECKING:
-    from .engine import GptOss
+    from .gpt_oss import GptOss
 
 Experts = Literal["auto", "dense", "mxfp4"]
 
@@ -100,7 +100,7 @@ def build_model(
     """The engine over a Transformer assembled from (reference name, tensor) pairs, placed on
     `device` one tensor at a time (nothing is materialised twice). cuda_graph: None means on
     with the triton backend and packed experts."""
-    from .engine import GptOss
+    from .gpt_oss import GptOss
 
     with torch.device("meta"):
         model = Transformer(config, packed_experts=packed)
@@ -110,7 +110,7 @@ def build_model(
     model.inv_freq = rope_inv_freq(config).to(device)
     model.eval().requires_grad_(False)
     if backend == "triton":
-        from .triton_backend import use_triton  # lazy: triton is optional
+        from .triton.backend import use_triton  # lazy: triton is optional
 
         use_triton(model)
     if cuda_graph is None:  # the PyTorch MoE of dense experts syncs with the host: no graph
@@ -128,7 +128,7 @@ def _interpreting() -> bool:
         return True
     if "triton" not in sys.modules:
         return False
-    from .triton_common import triton_interprets
+    from .triton.common import triton_interprets
 
     return triton_interprets()
 

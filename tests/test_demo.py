@@ -5,6 +5,9 @@ through the real agent loop with the sandboxed python tool, greedily."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from model.demo.task import (
     training_questions,
     write_transcripts,
 )
-from model.finetune import load_examples
+from model.train.data import load_examples
 
 HELD_OUT = 24
 """Held-out questions in CI: a few seconds of CPU each, python tool included."""
@@ -130,3 +133,21 @@ def test_a_conversation_that_fills_the_context_ends_with_max_context() -> None:
                current_date=DEMO_CURRENT_DATE) as agent:  # fmt: skip
         result = agent.run(question)
     assert result.status == "max_context" and result.usage.steps == 0
+
+
+def test_running_the_demo_imports_no_training_code(tmp_path: Path) -> None:
+    # A fresh process and cache: the expansion of the compact file is part of what runs.
+    code = (
+        "import sys\nfrom agent.cli import main\n"
+        "code = main(['run', '--max-tokens', '64', 'What is 2 + 3?'])\n"
+        # The `finetune` subcommand's argument parser is registered; nothing that trains loads.
+        "parser = {'model.train.cli', 'model.finetune_cli'}\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('model.') and m not in parser\n"
+        "                and any(w in m for w in ('train.', 'finetune', 'lora')))\n"
+        "print('TRAINING MODULES', loaded)\nsys.exit(code)"
+    )
+    env = {**os.environ, "HARMONY_AGENT_CACHE": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert "TRAINING MODULES []" in proc.stdout, proc.stdout + proc.stderr

@@ -15,23 +15,25 @@ from openai_harmony import Author, Message, Role, SystemContent
 
 from model import harmony_encoding, load_model
 from model.config import ModelConfig
-from model.finetune import (
+from model.train import FinetuneError
+from model.train.data import (
     CompactVocab,
     Example,
-    FinetuneConfig,
-    FinetuneError,
     conversation_examples,
-    export_checkpoint,
+    load_examples,
+    read_conversations,
+    used_tokens,
+)
+from model.train.export import export_checkpoint
+from model.train.loop import (
+    FinetuneConfig,
     finetune,
     forward_batch,
     init_transformer,
-    load_examples,
-    read_conversations,
     set_quantization_aware,
     shared_prefix,
     shrink_vocab,
     token_losses,
-    used_tokens,
     zero_rows_outside,
 )
 
@@ -225,7 +227,7 @@ def test_quantization_aware_steps_leave_dense_weights_to_export() -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "model.finetune_cli", *args],
+        [sys.executable, "-m", "model.train.cli", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

@@ -10,8 +10,16 @@ import torch
 from model import load_model
 from model.checkpoint import write_random_checkpoint
 from model.config import ModelConfig
-from model.finetune import Example, FinetuneConfig, finetune, forward_batch, init_transformer
-from model.lora import LoRAExperts, LoRALinear, add_lora, load_adapter, merge_lora, save_adapter
+from model.train.data import Example
+from model.train.loop import FinetuneConfig, finetune, forward_batch, init_transformer
+from model.train.lora import (
+    LoRAExperts,
+    LoRALinear,
+    add_lora,
+    load_adapter,
+    merge_lora,
+    save_adapter,
+)
 
 CONFIG = ModelConfig(
     num_hidden_layers=2,

@@ -21,7 +21,7 @@ from model.checkpoint import (
     write_random_checkpoint,
 )
 from model.config import PRESETS, ModelConfig
-from model.gpt_oss import Block, DenseExperts
+from model.transformer import Block, DenseExperts
 
 TINY = ModelConfig(
     num_hidden_layers=2, num_experts=4, experts_per_token=2, vocab_size=50, hidden_size=32,

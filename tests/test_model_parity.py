@@ -16,7 +16,7 @@ import torch
 from model import load_model
 from model.checkpoint import write_random_checkpoint
 from model.config import ModelConfig
-from model.gpt_oss import Block, KVCache, rope_cos_sin, rope_inv_freq
+from model.transformer import Block, KVCache, rope_cos_sin, rope_inv_freq
 
 transformers = pytest.importorskip("transformers")
 from transformers import GptOssConfig, GptOssForCausalLM  # noqa: E402

@@ -15,13 +15,13 @@ import torch
 from model import Sampling, load_model
 from model.checkpoint import write_random_checkpoint
 from model.config import ModelConfig
-from model.decode_graph import DecodeStep
-from model.engine import GptOss
-from model.triton_common import kernel_test_mode
+from model.gpt_oss import GptOss
+from model.triton.common import kernel_test_mode
+from model.triton.decode_graph import DecodeStep
 
 with kernel_test_mode() as MODE:
     pytest.importorskip("triton")
-    from model.triton_backend import TritonAttentionBlock, TritonBlock, TritonMLPBlock
+    from model.triton.backend import TritonAttentionBlock, TritonBlock, TritonMLPBlock
 
 if MODE == "unavailable":
     pytest.skip("triton imported without the interpreter: run in a subprocess by "
@@ -130,7 +130,7 @@ def test_device_bench_times_decode_with_and_without_the_graph(tmp_path: Path) ->
 
 
 def test_lora_adapters_refuse_the_fused_blocks(folder: Path) -> None:
-    from model.lora import add_lora
+    from model.train.lora import add_lora
 
     with pytest.raises(ValueError, match="torch backend"):
         add_lora(load(folder, triton=True).transformer, rank=2)

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..engine import GptOss
+    from ..gpt_oss import GptOss
 
 WEIGHTS = Path(__file__).with_name("demo.safetensors")
 
 
 def demo_model_path(weights: str | os.PathLike[str] | None = None) -> Path:
     """A checkpoint folder holding the demo model (expanded once, then reused)."""
+    from ..compact import expand_compact
     from ..encoding import cache_dir
-    from ..finetune import expand_compact
 
     source = Path(weights) if weights is not None else WEIGHTS
     if not source.is_file():

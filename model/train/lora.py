@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .gpt_oss import Block, DenseExperts, MXFP4Experts, Transformer
+from ..transformer import Block, DenseExperts, MXFP4Experts, Transformer
 
 TARGETS = ("qkv", "out", "mlp1", "mlp2")
 ADAPTER_FILE = "adapter.safetensors"

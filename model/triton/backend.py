@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gpt_oss import AttentionBlock, Block, MLPBlock, MXFP4Experts, RMSNorm, Transformer
-from .triton_attention import attention
-from .triton_moe import kernel_layout, moe, route
-from .triton_norm import add_rms_norm, rms_norm
-from .triton_rope import rope_, rope_and_cache_
+from ..transformer import AttentionBlock, Block, MLPBlock, MXFP4Experts, RMSNorm, Transformer
+from .attention import attention
+from .moe import kernel_layout, moe, route
+from .norm import add_rms_norm, rms_norm
+from .rope import rope_, rope_and_cache_
 
 
 class TritonRMSNorm(nn.Module):

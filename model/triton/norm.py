@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import KernelSpec, next_pow2, ptr_type
+from .common import KernelSpec, next_pow2, ptr_type
 
 NUM_WARPS = 8  # 4096 lanes over 256 threads: 16 values per thread
 

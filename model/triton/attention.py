@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import KernelSpec, cdiv, next_pow2, ptr_type
+from ..transformer import attention as model_attention
+from .common import KernelSpec, cdiv, next_pow2, ptr_type
 
 LOG2E = 1.4426950408889634
 PREFILL = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
@@ -48,23 +49,9 @@ def attention_reference(
     k_start: int,
     window: int | None,
 ) -> torch.Tensor:
-    """Plain PyTorch in fp32, the sink as an extra softmax column: -> (T, nh hd), q's dtype."""
-    t, nh, hd = q.shape
-    nkv, s, _ = k.shape
-    rep = nh // nkv
-    kf = k.float().repeat_interleave(rep, dim=0)  # (nh, S, hd)
-    vf = v.float().repeat_interleave(rep, dim=0)
-    scores = torch.einsum("thd,hsd->hts", q.float(), kf) / math.sqrt(hd)  # (nh, T, S)
-    qpos = torch.arange(q_start, q_start + t, device=q.device)[:, None]
-    kpos = torch.arange(k_start, k_start + s, device=q.device)[None, :]
-    allowed = kpos <= qpos
-    if window is not None:
-        allowed &= qpos - kpos < window
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    sink = sinks.float()[:, None, None].expand(nh, t, 1)
-    probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
-    out = torch.einsum("hts,hsd->thd", probs, vf)  # (T, nh, hd)
-    return out.reshape(t, nh * hd).to(q.dtype)
+    """The model's PyTorch attention in fp32: -> (T, nh hd), q's dtype."""
+    out = model_attention(q.float(), k.float(), v.float(), sinks, q_start, k_start, window)
+    return out.to(q.dtype)
 
 
 # --- kernels ---------------------------------------------------------------------------------

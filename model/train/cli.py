@@ -82,8 +82,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # every failure is one line, no traceback
-        from .checkpoint import CheckpointError
-        from .finetune import FinetuneError
+        from ..checkpoint import CheckpointError
+        from . import FinetuneError
 
         known = (FinetuneError, CheckpointError, ValueError, OSError)
         detail = str(e) if isinstance(e, known) else f"{type(e).__name__}: {e}"
@@ -94,10 +94,10 @@ def run_finetune(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from . import finetune as ft
-    from .checkpoint import Checkpoint
-    from .config import PRESETS, ModelConfig
-    from .encoding import harmony_encoding
+    from ..checkpoint import Checkpoint
+    from ..config import PRESETS, ModelConfig
+    from ..encoding import harmony_encoding
+    from . import data, export, loop
     from .lora import add_lora, save_adapter
 
     if args.threads:
@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise ValueError(f"{path}: no such transcript file")
     encoding = harmony_encoding()
-    examples = ft.load_examples(args.data, encoding=encoding, max_tokens=args.max_tokens)
+    examples = data.load_examples(args.data, encoding=encoding, max_tokens=args.max_tokens)
 
     if args.init is not None:
         if args.init in PRESETS:
@@ -127,26 +127,26 @@ def _run(args: argparse.Namespace) -> int:
                 raise ValueError(
                     f"{args.init}: not a preset or a reference config.json ({e})"
                 ) from None
-        tf = ft.init_transformer(config, seed=args.seed)
+        tf = loop.init_transformer(config, seed=args.seed)
     else:
         Checkpoint(args.model)  # fails fast, with the checkpoint's own message
-        tf = ft.load_trainable(args.model)
+        tf = loop.load_trainable(args.model)
         config = tf.config
     vocab = None
     if args.compact_vocab:
-        vocab = ft.CompactVocab(ft.used_tokens(examples, encoding), config.vocab_size)
+        vocab = data.CompactVocab(data.used_tokens(examples, encoding), config.vocab_size)
         if args.init is not None:
-            ft.zero_rows_outside(tf, vocab.ids.tolist())
-        ft.shrink_vocab(tf, vocab)
+            loop.zero_rows_outside(tf, vocab.ids.tolist())
+        loop.shrink_vocab(tf, vocab)
     if args.tie_embeddings:
-        ft.tie_embeddings(tf)
+        loop.tie_embeddings(tf)
     targets = [t for t in args.lora_targets.split(",") if t]
     if args.lora_rank:
         add_lora(tf, args.lora_rank, args.lora_alpha, targets, seed=args.seed)
 
     trained = sum(e.trained_tokens for e in examples)
     print(f"{len(examples)} examples, {trained} trained tokens", file=sys.stderr)
-    settings = ft.FinetuneConfig(
+    settings = loop.FinetuneConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
@@ -156,11 +156,11 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         quantization_aware_steps=args.qat_steps,
     )
-    on_step, close = ft.progress_printer(
+    on_step, close = loop.progress_printer(
         settings.steps, show_bar=False if args.no_progress else None
     )
     try:
-        stats = ft.finetune(tf, examples, settings, vocab=vocab, on_step=on_step)
+        stats = loop.finetune(tf, examples, settings, vocab=vocab, on_step=on_step)
     finally:
         close()
     save_dtype = torch.float32 if args.save_dtype == "fp32" else torch.bfloat16
@@ -168,11 +168,11 @@ def _run(args: argparse.Namespace) -> int:
         alpha = args.lora_alpha if args.lora_alpha is not None else 2 * args.lora_rank
         out = save_adapter(tf, args.out, rank=args.lora_rank, alpha=alpha, targets=targets)
     else:
-        out = ft.export_checkpoint(
+        out = export.export_checkpoint(
             tf, args.out, vocab=vocab, layout=args.layout, mxfp4=not args.dense, dtype=save_dtype
         )
     if args.compact_out and vocab is not None:
-        ft.save_compact(tf, vocab, args.compact_out, dtype=save_dtype)
+        export.save_compact(tf, vocab, args.compact_out, dtype=save_dtype)
     print(
         f"trained {settings.steps} steps in {stats.seconds:.0f} s "
         f"({stats.tokens_per_second:,.0f} tok/s), loss {stats.losses[0]:.4f} -> "
@@ -183,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m model.finetune_cli ...` (the same as `harmony-agent finetune ...`)."""
+    """`python -m model.train.cli ...` (the same as `harmony-agent finetune ...`)."""
     parser = argparse.ArgumentParser(prog="harmony-agent")
     add_finetune_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["finetune", *(argv if argv is not None else sys.argv[1:])])

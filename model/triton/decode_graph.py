@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from .gpt_oss import KVCache, Transformer
+from ..transformer import KVCache, Transformer
 
 
 class DecodeStep:

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import KernelSpec, next_pow2, ptr_type
+from .common import KernelSpec, next_pow2, ptr_type
 
 NUM_WARPS = 4
 

@@ -1,7 +1,7 @@
 """Shared pieces of the Triton kernels: the description of a compilable kernel configuration.
 
 Every kernel module lists, in `aot_specs()`, each (kernel, block configuration) pair its host
-code can choose at the real model's shapes, so `model.triton_aot` can compile all of them for a
+code can choose at the real model's shapes, so `model.triton.aot` can compile all of them for a
 GPU target on a machine without one.
 """
 

@@ -28,13 +28,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .mxfp4 import dequantize
-from .triton_common import KernelSpec, cdiv, next_pow2, ptr_type
+from ..mxfp4 import dequantize
+from .common import KernelSpec, cdiv, next_pow2, ptr_type
 
 Path = Literal["decode", "grouped"]
 
 # Block configurations the host code chooses from; all are compiled ahead of time in the tests
-# (model.triton_aot). Decode: 128 threads each loading one 16-byte group per iteration, and
+# (model.triton.aot). Decode: 128 threads each loading one 16-byte group per iteration, and
 # enough programs (4 pairs x 360 for mlp1, 360 for mlp2 at gpt-oss shapes) to keep every SM of
 # an H100 busy; registers stay under 64 so that many warps can wait on memory at once.
 DECODE_MLP1 = {"BLOCK_I": 8, "BLOCK_G": 8, "num_warps": 4}

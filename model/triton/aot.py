@@ -1,6 +1,6 @@
 """Compile every Triton kernel configuration for H100 / A100 without a GPU and check its limits.
 
-`python -m model.triton_aot [--json] [--arch 90 80]` compiles each `KernelSpec` the kernel
+`python -m model.triton.aot [--json] [--arch 90 80]` compiles each `KernelSpec` the kernel
 modules list down to a cubin (the triton wheel bundles ptxas) and reports shared memory, warps
 and registers (read from the cubin with the bundled cuobjdump). Run it in a process without
 TRITON_INTERPRET: under the interpreter `@triton.jit` makes functions that cannot be compiled.
@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .triton_common import KernelSpec
+from .common import KernelSpec
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,13 @@ class CompileResult:
 
 
 def all_specs() -> list[KernelSpec]:
-    from . import triton_attention, triton_moe, triton_norm, triton_rope
+    from . import attention, moe, norm, rope
 
     return [
-        *triton_moe.aot_specs(),
-        *triton_attention.aot_specs(),
-        *triton_norm.aot_specs(),
-        *triton_rope.aot_specs(),
+        *moe.aot_specs(),
+        *attention.aot_specs(),
+        *norm.aot_specs(),
+        *rope.aot_specs(),
     ]
 
 
@@ -143,7 +143,7 @@ def check_limits(result: CompileResult) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.triton_aot", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m model.triton.aot", description=__doc__)
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)

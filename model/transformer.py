@@ -1,0 +1,384 @@
+"""gpt-oss in plain PyTorch: one sequence (no batch dimension), optional in-place KV cache.
+
+Shapes: T = new tokens, S = attended keys, H = hidden size, nh / nkv = query / key-value heads,
+hd = head dim, E = experts, A = active experts per token, I = expert intermediate size.
+Parameter names follow the reference (`original/`) checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import mxfp4_cpu
+from .config import ModelConfig
+from .mxfp4 import dequantize
+
+# --- cache -----------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once for `max_len` positions, updated in place.
+
+    Sliding-window layers keep a full-length buffer too; attention only reads their last
+    `sliding_window` positions, so their cost stays bounded while the bookkeeping stays trivial.
+    """
+
+    def __init__(
+        self, config: ModelConfig, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        shape = (config.num_key_value_heads, max_len, config.head_dim)  # (nkv, L, hd)
+        self.k = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)
+        ]
+        self.v = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)
+        ]
+        self.max_len = max_len
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+# --- modules, in reading order ---------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    inv_freq: torch.Tensor  # (hd/2,) fp32, YaRN-scaled; not in checkpoints
+
+    def __init__(self, config: ModelConfig, *, packed_experts: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.block = nn.ModuleList(
+            [Block(config, i, packed_experts) for i in range(config.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.unembedding = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        start: int | torch.Tensor = 0,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """tokens (T,) at positions start..start+T-1 -> logits (T, vocab), or (1, vocab).
+
+        start may be a (1,) int64 tensor on the device with the Triton attention (CUDA graphs).
+        """
+        x = self.embedding(tokens)  # (T, H)
+        positions = start + torch.arange(len(tokens), device=tokens.device)
+        cos, sin = rope_cos_sin(positions, self.inv_freq, self.config)
+        for i, block in enumerate(self.block):
+            kv = (cache.k[i], cache.v[i]) if cache is not None else None
+            x = block(x, start, cos, sin, kv)
+        if last_only:
+            x = x[-1:]
+        return self.unembedding(self.norm(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, packed_experts: bool) -> None:
+        super().__init__()
+        self.attn = AttentionBlock(config, layer)
+        self.mlp = MLPBlock(config, packed_experts)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        start: int | torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        x = x + self.attn(x, start, cos, sin, kv)
+        return x + self.mlp(x)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm in fp32 with a learned fp32 scale."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.scale).to(x.dtype)
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.nh, self.nkv, self.hd = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        self.window = config.sliding_window if config.is_sliding(layer) else None
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.qkv = Linear(config.hidden_size, config.qkv_dim)
+        self.sinks = nn.Parameter(torch.zeros(self.nh, dtype=torch.float32))
+        self.out = Linear(self.nh * self.hd, config.hidden_size)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        start: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        t = x.shape[0]
+        qkv = self.qkv(self.norm(x))  # (T, (nh + 2 nkv) hd)
+        q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
+        q = apply_rope(q.view(t, self.nh, self.hd), cos, sin)
+        k = apply_rope(k.view(t, self.nkv, self.hd), cos, sin)
+        k, v = k.transpose(0, 1), v.view(t, self.nkv, self.hd).transpose(0, 1)  # (nkv, T, hd)
+        first = start  # position of the first key in k / v
+        if kv is not None:
+            end = start + t
+            kv[0][:, start:end] = k
+            kv[1][:, start:end] = v
+            first = 0 if self.window is None else max(0, start - self.window + 1)
+            k, v = kv[0][:, first:end], kv[1][:, first:end]  # (nkv, S, hd)
+        o = attention(q, k, v, self.sinks, start, first, self.window)  # (T, nh hd)
+        return self.out(o)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    q_start: int,
+    k_start: int,
+    window: int | None,
+) -> torch.Tensor:
+    """Causal (optionally sliding-window) GQA attention with one sink logit per head: the sink
+    is one more softmax column that has no value.
+
+    q (..., T, nh, hd) at positions q_start.., k / v (..., nkv, S, hd) at positions k_start..
+    -> (..., T, nh hd); any leading dimensions are a batch.
+    """
+    *batch, t, nh, hd = q.shape
+    nkv, s = k.shape[-3], k.shape[-2]
+    rep = nh // nkv
+    q = q.reshape(*batch, t, nkv, rep, hd).movedim(-4, -2)  # (..., nkv, rep, T, hd)
+    scores = (q @ k.transpose(-1, -2).unsqueeze(-3)).float() / math.sqrt(hd)  # (.., nkv, rep, T, S)
+    qpos = torch.arange(q_start, q_start + t, device=q.device)[:, None]
+    kpos = torch.arange(k_start, k_start + s, device=q.device)[None, :]
+    allowed = kpos <= qpos
+    if window is not None:
+        allowed &= qpos - kpos < window
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    sink = sinks.float().view(nkv, rep, 1, 1).expand(*batch, nkv, rep, t, 1)
+    probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    o = probs.to(v.dtype) @ v.unsqueeze(-3)  # (..., nkv, rep, T, hd)
+    return o.movedim(-2, -4).reshape(*batch, t, nh * hd)
+
+
+class MLPBlock(nn.Module):
+    """Top-k routed mixture of SwiGLU experts."""
+
+    def __init__(self, config: ModelConfig, packed_experts: bool) -> None:
+        super().__init__()
+        self.top_k = config.experts_per_token
+        self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.gate = Linear(config.hidden_size, config.num_experts)
+        self.experts: DenseExperts | MXFP4Experts = (
+            MXFP4Experts(config) if packed_experts else DenseExperts(config)
+        )
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return route(self.gate(x), self.top_k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.norm(x)  # (T, H)
+        ids, weights = self.route(t)  # (T, A) each
+        flat = ids.flatten()  # (T A,)
+        order = flat.argsort()
+        counts = torch.bincount(flat, minlength=self.experts.num_experts).tolist()
+        rows = order // self.top_k  # token of each sorted (token, expert) pair
+        ys = t.new_empty(len(flat), t.shape[1])  # (T A, H): output of every (token, expert) pair
+        at = 0
+        for e, n in enumerate(counts):  # one pass per expert hit: each weight is read once
+            if n == 0:
+                continue
+            pairs = order[at : at + n]
+            at += n
+            h = self.experts.mlp1(e, t[rows[at - n : at]]).float()  # (n, 2I), SwiGLU in fp32
+            h = swiglu(h, self.alpha, self.limit).to(t.dtype)  # (n, I)
+            ys[pairs] = self.experts.mlp2(e, h)  # (n, H)
+        ys = ys.view(*ids.shape, -1).float()  # (T, A, H)
+        return (ys * weights.float()[..., None]).sum(dim=1).to(t.dtype)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Slow reference: gather the A experts of every token and apply them."""
+        t = self.norm(x)
+        ids, weights = self.route(t)  # (T, A)
+        w1, b1, w2, b2 = self.experts.gather(ids, t.dtype)  # (T, A, 2I, H) ...
+        h = torch.einsum("tah,taoh->tao", t[:, None].expand(-1, self.top_k, -1), w1) + b1
+        h = swiglu(h, self.alpha, self.limit)  # (T, A, I)
+        y = torch.einsum("tai,taoi->tao", h, w2) + b2  # (T, A, H)
+        return (y * weights[..., None]).sum(dim=1)
+
+
+def route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router logits (T, E) -> expert ids (T, A), sorted by logit, and their weights (T, A)."""
+    top, ids = torch.topk(logits, top_k, dim=-1, sorted=True)
+    return ids, torch.softmax(top, dim=-1, dtype=torch.float32).to(logits.dtype)  # fp32 inside
+
+
+def swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    """Clamped SwiGLU on interleaved columns: glu = even, linear = odd. (..., 2I) -> (..., I)."""
+    glu, lin = x[..., 0::2], x[..., 1::2]
+    glu = glu.clamp(max=limit)
+    lin = lin.clamp(min=-limit, max=limit)
+    return glu * torch.sigmoid(alpha * glu) * (lin + 1)
+
+
+class DenseExperts(nn.Module):
+    """All experts as stacked dense weights, [out, in] like nn.Linear."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        e, h, i = config.num_experts, config.hidden_size, config.intermediate_size
+        self.num_experts = e
+        self.mlp1_weight = nn.Parameter(torch.empty(e, 2 * i, h))
+        self.mlp1_bias = nn.Parameter(torch.zeros(e, 2 * i))
+        self.mlp2_weight = nn.Parameter(torch.empty(e, h, i))
+        self.mlp2_bias = nn.Parameter(torch.zeros(e, h))
+
+    def mlp1(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.mlp1_weight[e], self.mlp1_bias[e])  # (n, H) -> (n, 2I)
+
+    def mlp2(self, e: int, h: torch.Tensor) -> torch.Tensor:
+        return linear(h, self.mlp2_weight[e], self.mlp2_bias[e])  # (n, I) -> (n, H)
+
+    def expert(self, e: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        return self.mlp1_weight[e], self.mlp1_bias[e], self.mlp2_weight[e], self.mlp2_bias[e]
+
+    def gather(self, ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        return (
+            self.mlp1_weight[ids],
+            self.mlp1_bias[ids],
+            self.mlp2_weight[ids],
+            self.mlp2_bias[ids],
+        )
+
+
+class MXFP4Experts(nn.Module):
+    """All experts kept packed in MXFP4; an expert is dequantised when it is used."""
+
+    mlp1_blocks: torch.Tensor  # (E, 2I, H/32, 16) uint8
+    mlp1_scales: torch.Tensor  # (E, 2I, H/32) uint8
+    mlp2_blocks: torch.Tensor  # (E, H, I/32, 16) uint8
+    mlp2_scales: torch.Tensor  # (E, H, I/32) uint8
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        e, h, i = config.num_experts, config.hidden_size, config.intermediate_size
+        self.num_experts = e
+        u8 = torch.uint8
+        self.register_buffer("mlp1_blocks", torch.empty(e, 2 * i, h // 32, 16, dtype=u8))
+        self.register_buffer("mlp1_scales", torch.empty(e, 2 * i, h // 32, dtype=u8))
+        self.register_buffer("mlp2_blocks", torch.empty(e, h, i // 32, 16, dtype=u8))
+        self.register_buffer("mlp2_scales", torch.empty(e, h, i // 32, dtype=u8))
+        self.mlp1_bias = nn.Parameter(torch.zeros(e, 2 * i))
+        self.mlp2_bias = nn.Parameter(torch.zeros(e, h))
+
+    def mlp1(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        return _mxfp4_linear(x, self.mlp1_blocks[e], self.mlp1_scales[e], self.mlp1_bias[e])
+
+    def mlp2(self, e: int, h: torch.Tensor) -> torch.Tensor:
+        return _mxfp4_linear(h, self.mlp2_blocks[e], self.mlp2_scales[e], self.mlp2_bias[e])
+
+    def expert(self, e: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        w1 = dequantize(self.mlp1_blocks[e], self.mlp1_scales[e], dtype)  # (2I, H)
+        w2 = dequantize(self.mlp2_blocks[e], self.mlp2_scales[e], dtype)  # (H, I)
+        return w1, self.mlp1_bias[e], w2, self.mlp2_bias[e]
+
+    def gather(self, ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        w1 = dequantize(self.mlp1_blocks[ids], self.mlp1_scales[ids], dtype)
+        w2 = dequantize(self.mlp2_blocks[ids], self.mlp2_scales[ids], dtype)
+        return w1, self.mlp1_bias[ids], w2, self.mlp2_bias[ids]
+
+
+FUSED_MAX_ROWS = 64
+"""Up to this many tokens per expert, CPU runs the fused packed kernel; beyond, dequantise once."""
+
+
+def _mxfp4_linear(
+    x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """x (n, in) @ W.T + bias for W (out, in) packed in MXFP4."""
+    if x.device.type == "cpu" and x.shape[0] <= FUSED_MAX_ROWS and mxfp4_cpu.available():
+        return mxfp4_cpu.mxfp4_linear(x, blocks, scales, bias)
+    return linear(x, dequantize(blocks, scales, x.dtype), bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear; a single row on CPU goes through torch.mv (about 20% faster in bf16 there)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x (n, in) @ w.T + b, w (out, in)."""
+    if x.shape[0] == 1 and x.dim() == 2 and x.device.type == "cpu":
+        y = torch.mv(w, x[0])
+        return (y if b is None else y + b)[None]
+    return F.linear(x, w, b)
+
+
+# --- rotary embedding --------------------------------------------------------------------------
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """YaRN inverse frequencies (hd/2,), fp32: interpolation 1/(s f) blended with 1/f on a ramp."""
+    d, base = config.head_dim, config.rope_theta
+    freq = base ** (torch.arange(0, d, 2, dtype=torch.float32) / d)  # (hd/2,)
+    scale = config.rope_scaling_factor
+    if scale <= 1:
+        return (1.0 / freq).float()
+    ctx = config.initial_context_length
+
+    def correction_dim(rotations: float) -> float:
+        return d * math.log(ctx / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(config.rope_ntk_beta), correction_dim(config.rope_ntk_alpha)
+    low, high = max(low, 0.0), min(high, d - 1.0)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolate = 1 - ramp  # 1 where frequencies are kept as they are
+    inv = (1 / (scale * freq)) * (1 - extrapolate) + (1 / freq) * extrapolate
+    return inv.float()
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, config: ModelConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angles in fp32 from integer positions -> cos, sin (T, hd/2) in fp32, YaRN-scaled."""
+    concentration = 0.1 * math.log(config.rope_scaling_factor) + 1.0
+    if config.rope_scaling_factor <= 1:
+        concentration = 1.0
+    angles = positions.float()[:, None] * inv_freq.float()[None, :]
+    return angles.cos() * concentration, angles.sin() * concentration
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split (NeoX) rotation of x (T, heads, hd), computed in fp32."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    c, s = cos[:, None], sin[:, None]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
