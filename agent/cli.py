@@ -34,7 +34,7 @@ class CliError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from sandbox import SandboxUnavailable
+    from tools import SandboxUnavailable
 
     errors: list[type[BaseException]] = [
         SandboxUnavailable,

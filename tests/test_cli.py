@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,25 @@ def workdir(tmp_path: Path) -> Path:
 def env(workdir: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{workdir}{os.pathsep}{ROOT}", "COLUMNS": "100",
             "HARMONY_AGENT_CACHE": str(workdir / "cache")}  # fmt: skip
+
+
+def test_tools_come_from_the_current_folder_as_python_m_would(workdir: Path) -> None:
+    # The installed console script, run in the user's folder, with no PYTHONPATH help.
+    script = shutil.which("harmony-agent")
+    assert script is not None, "the package's console script is not installed"
+    plain = {k: v for k, v in env(workdir).items() if k != "PYTHONPATH"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([script, *args], cwd=workdir, env=plain, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    proc = run("run", "--scripted", "turns.json", "--tools", "cli_tools:add", "2+3?")
+    assert proc.returncode == 0, proc.stderr
+    assert "5" in proc.stdout
+    proc = run("run", "--scripted", "turns.json", "--tools", "my_tolls:add", "2+3?")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert f"no module 'my_tolls' in {workdir}" in proc.stderr
 
 
 def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:

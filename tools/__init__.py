@@ -2,6 +2,8 @@
 
 from typing import TYPE_CHECKING, Any
 
+from sandbox import SandboxUnavailable
+
 from .base import BuiltinTool, ToolCall, ToolError
 from .function_tool import FunctionTool, function_tool
 from .run_context import RunContext
@@ -16,6 +18,7 @@ __all__ = [
     "FunctionTool",
     "PythonTool",
     "RunContext",
+    "SandboxUnavailable",
     "ToolCall",
     "ToolError",
     "function_tool",

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
@@ -54,16 +56,34 @@ def load_reference(reference: str) -> list[FunctionTool | BuiltinTool]:
     module_name, sep, attr = reference.partition(":")
     if not sep or not module_name or not attr:
         raise PluginError(f"bad tool reference {reference!r}: expected 'module:attribute'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise PluginError(f"cannot import {module_name!r} for tool {reference!r}: {e}") from e
+    obj: Any = _import(module_name, reference)
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise PluginError(f"{module_name!r} has no attribute {attr!r}") from None
     return as_tools(obj, reference)
+
+
+def _import(module_name: str, reference: str) -> Any:
+    """Import `module_name` as `python -m` would: the current folder first, then the installed
+    packages (a console script's own folder is no place to look)."""
+    folder = os.getcwd()
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise PluginError(
+                f"cannot import {module_name!r} for tool {reference!r}: no module {e.name!r} "
+                f"in {folder} or the installed packages"
+            ) from None
+        raise PluginError(f"cannot import {module_name!r} for tool {reference!r}: {e}") from e
+    except Exception as e:  # the module itself failed: a SyntaxError, an error it raised
+        raise PluginError(
+            f"cannot import {module_name!r} for tool {reference!r}: {type(e).__name__}: {e}"
+        ) from e
 
 
 def installed_plugins() -> dict[str, Callable[[], list[FunctionTool | BuiltinTool]]]:
