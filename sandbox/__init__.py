@@ -7,17 +7,22 @@ the machine supports and raises `SandboxUnavailable`, naming what is missing, wh
 sandbox. `sandbox.process` documents what the sandbox does and does not protect against.
 """
 
+from ._cgroup import CgroupSet
 from .config import SandboxConfig
 from .kernel import KernelProcess, start_kernel
 from .process import SCRATCH, SandboxedProcess, SandboxUnavailable, Support, probe, run, spawn
+from .uids import UidLease, lease_uid
 
 __all__ = [
     "SCRATCH",
+    "CgroupSet",
     "KernelProcess",
     "SandboxConfig",
     "SandboxUnavailable",
     "SandboxedProcess",
     "Support",
+    "UidLease",
+    "lease_uid",
     "probe",
     "run",
     "spawn",

@@ -428,7 +428,7 @@ def test_local_search_then_open_result(browser, call, sites):
     assert lines_of(view)[:4] == [
         "L0: ",
         "L1: URL: ",
-        "L2: # Search Results ",
+        "L2: # Search Results",
         "L3: ",
     ]
     assert lines_of(view)[4].startswith(f"L4:   * 【0†Long page†127.0.0.1:{site.port}】 needle in")

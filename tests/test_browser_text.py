@@ -68,23 +68,25 @@ def test_headings_lists_tables_pre_and_quotes():
         "<pre>def f():\n    return 1</pre><blockquote>quoted</blockquote>"
     )
     lines = text.split("\n")[2:]
+    # Trailing spaces as the reference writes them: a word that only tags separate from the
+    # next word gets one (`one</li><li>two`), table rows end in two more.
     assert lines == [
         "# Main ",
         "",
         "### Sub ",
         "",
-        "  * one",
-        "  * two",
-        "    * deep",
+        "  * one ",
+        "  * two ",
+        "    * deep ",
         "",
-        "  3. three",
-        "  4. four",
+        "  3. three ",
+        "  4. four ",
         "",
-        "Name Value",
-        "a 1",
+        "Name Value   ",
+        "a 1   ",
         "",
         "    def f():",
-        "        return 1",
+        "        return 1 ",
         "",
         "> quoted",
     ]
@@ -102,7 +104,52 @@ def test_scripts_styles_and_hidden_content_are_dropped():
 
 def test_whitespace_collapses_and_blank_runs_merge():
     text = convert("<p>a   b\n\n c</p><div></div><div> </div><p>d</p><br><br><br><p>e</p>")
-    assert text.split("\n")[2:] == ["a b c", "", "d", "", "e"]
+    assert text.split("\n")[2:] == ["a b c", "", "d ", "", "e"]  # `d</p><br>...<p>e`: glued
+
+
+def test_trailing_spaces_follow_the_reference():
+    # Worked out from the reference's rules (gpt-oss 0.0.9, simple_browser/page_contents.py and
+    # html2text 2025.4.15 under it): a text's trailing whitespace stays as one space; a word
+    # followed across tags only by a word gets a space; `</tr>` adds two spaces, `<br>` two
+    # more (after any pending space); leading whitespace after a bullet is dropped; the whole
+    # text is stripped at both ends.
+    text = convert(
+        "<p>\n  A paragraph that\n  wraps it.\n</p>\n<p>Ends in a period.</p>"
+        "<ol><li>one</li><li>two</li></ol><p>Constants</p>"
+        "<table>\n<tr><td>pi</td><td>3.14159</td></tr>\n<tr><td>e</td><td>2.71828</td></tr>\n"
+        "</table>\n<table><tr><td>(a)</td><td>(b)</td></tr></table>"
+        "<p>line<br>broken <br>twice<br><br>apart</p>"
+        "<ul><li>\n  spaced\n</li><li><a href='/x'>linked</a></li></ul>"
+        "<p><span>a</span><span>b</span> <b> bold</b> and two <b> spaces</b></p>"
+        "<h2>Last heading</h2>"
+    )
+    assert text.split("\n")[2:] == [
+        "A paragraph that wraps it. ",
+        "",
+        "Ends in a period.",
+        "",
+        "  1. one ",
+        "  2. two ",
+        "",
+        "Constants",
+        "",
+        "pi 3.14159  ",
+        "e 2.71828  ",
+        "(a)(b)  ",
+        "",
+        "line   ",
+        "broken   ",
+        "twice   ",
+        "",
+        "apart",
+        "",
+        "  * spaced ",
+        "  * 【0†linked】",
+        "",
+        "a b bold and two  spaces ",
+        "",
+        "## Last heading",
+    ]
 
 
 def test_title_falls_back_to_the_domain():
@@ -205,7 +252,7 @@ def test_search_page_format():
     assert page.text.split("\n") == [
         "",
         "URL: ",
-        "# Search Results ",
+        "# Search Results",  # the next text, a link marker, starts with no word character
         "",
         "  * 【0†All <about> cats†a.test】 Cats are great.",
         "  * 【1†B†b.test】",

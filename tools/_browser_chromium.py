@@ -1,8 +1,15 @@
 """The system Chromium, driven by Playwright: fetch a URL, let its scripts run, return the DOM.
 
-One browser and one page are launched on first use and reused (a launch costs ~0.5 s, a warm
-open well under that). All traffic goes through `PolicyProxy` and every request is also checked
-in a Playwright route, which refuses non-http(s) schemes and gives a clear reason early.
+One browser is launched on first use and reused (a launch costs ~0.5 s, a warm open well under
+that). All traffic goes through `PolicyProxy` and every request is also checked in a Playwright
+route, which refuses non-http(s) schemes and gives a clear reason early.
+
+Pages are hostile, so: Chromium keeps its own sandbox on (under a root host it runs as an
+unprivileged uid in a memory cgroup, see `_browser_jail`); no document outlives the call that
+read it (the page is parked on about:blank, so its scripts and timers stop, and after a failed or
+looping load it is thrown away: the next call gets a new one); popups are blocked, and closed
+when one opens anyway; every response is bounded by its decoded size, so a small gzip bomb
+cannot expand inside the browser.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox import CgroupSet
+
+from ._browser_jail import ChromiumJail, JailUnavailable
 from ._browser_policy import NetworkPolicy, Refused
 from ._browser_proxy import REFUSED_HEADER, PolicyProxy
+from ._html_text import decode_text, undo_windows_1252
 
 CHROMIUM_ENV = "HARMONY_AGENT_CHROMIUM"
 _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -35,9 +46,11 @@ CHROMIUM_ARGS = (
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
     "--disable-features=AutofillServerCommunication,OptimizationHints,MediaRouter",
 )
-# Chromium refuses to run as root with its sandbox on; other users keep the sandbox, which
-# matters here: the pages are untrusted.
-ROOT_ARGS = ("--no-sandbox",)
+# Playwright turns Chromium's popup blocker off; a page opening hundreds of windows is one
+# reason to keep it.
+IGNORED_DEFAULT_ARGS = ("--disable-popup-blocking",)
+MEMORY_BYTES = 2 << 30
+"""Chromium's memory, all its processes together, where a memory cgroup can be made (root)."""
 
 LOAD_EVENT_SECONDS = 5.0
 """After DOMContentLoaded, how long to wait at most for the load event."""
@@ -157,16 +170,18 @@ class Chromium:
         max_page_bytes: int = 20 * 1024 * 1024,
         extra_args: tuple[str, ...] = (),
         headless: bool = True,
+        user_id: int | None = None,
+        memory_bytes: int | None = MEMORY_BYTES,
     ) -> None:
         self.policy = policy
         self.executable_path = executable_path
         self.load_timeout = load_timeout
         self.idle_wait = idle_wait
         self.max_page_bytes = max_page_bytes
-        root = hasattr(os, "geteuid") and os.geteuid() == 0
-        self.sandbox = not root
-        self.args = (() if self.sandbox else ROOT_ARGS) + CHROMIUM_ARGS + tuple(extra_args)
+        self.args = CHROMIUM_ARGS + tuple(extra_args)
         self.headless = headless
+        self.user_id = user_id
+        self.memory_bytes = memory_bytes
         self.refusals: list[str] = []
         """Every request the policy refused (subresources included), newest last."""
         self.load_event_wait = LOAD_EVENT_SECONDS
@@ -177,13 +192,22 @@ class Chromium:
         self._context: Any = None
         self._page: Any = None
         self._proxy: PolicyProxy | None = None
+        self._jail: ChromiumJail | None = None
         self._in_flight: set[Any] = set()
         self._nav_refusals: list[str] = []
+        self._received: dict[str, int] = {}
+        self._oversize = asyncio.Event()
+        self._popup_closers: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def started(self) -> bool:
         return self._browser is not None
+
+    @property
+    def cgroup(self) -> CgroupSet | None:
+        """The cgroups Chromium runs in (root hosts only), while it runs."""
+        return self._jail.cgroup if self._jail is not None else None
 
     def _adopt_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -195,14 +219,20 @@ class Chromium:
             if self._proxy is not None:
                 self.refusals.extend(self._proxy.refusals)
             self._proxy = None
+            if self._jail is not None:
+                self._jail.close()
+                self._jail = None
             self._lock = asyncio.Lock()
             self._start_lock = asyncio.Lock()
+            self._oversize = asyncio.Event()
         self._loop = loop
 
     async def start(self) -> None:
         """Launch Chromium (once; later calls return at once)."""
         self._adopt_loop()
         async with self._start_lock:  # two first calls at once must not launch two browsers
+            if self._browser is not None and not self._browser.is_connected():
+                await self.close()  # it died (its memory limit can kill it): a new one
             if self._browser is None:
                 await self._launch()
             if self._context is None:
@@ -214,20 +244,40 @@ class Chromium:
         except ImportError as e:
             raise FetchError("The browser is unavailable: `playwright` is not installed.") from e
         executable = find_chromium(self.executable_path)
+        env: dict[str, str] | None = None
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            try:
+                self._jail = ChromiumJail(
+                    executable, uid=self.user_id, memory_bytes=self.memory_bytes
+                )
+            except (JailUnavailable, OSError) as e:
+                raise FetchError(f"The browser is unavailable: {e}.") from e
+            executable, env = self._jail.executable, self._jail.env()
         if not self.policy.allow_all:
-            self._proxy = PolicyProxy(self.policy, max_response_bytes=self.max_page_bytes)
+            # Twice the page limit: what Chromium decodes is bounded exactly (with a clear
+            # message) by `_data_received`; the proxy's cut on raw bytes is the backstop.
+            self._proxy = PolicyProxy(self.policy, max_response_bytes=2 * self.max_page_bytes)
             await self._proxy.start()
         self._playwright = await async_playwright().start()
         try:
             self._browser = await self._playwright.chromium.launch(
                 executable_path=executable,
                 args=list(self.args),
+                ignore_default_args=list(IGNORED_DEFAULT_ARGS),
                 headless=self.headless,
-                chromium_sandbox=self.sandbox,  # Playwright turns it off unless asked
+                chromium_sandbox=True,  # Playwright turns it off unless asked
+                env=env,
             )
         except Exception as e:
             await self.close()
-            raise FetchError(f"The browser is unavailable: could not start Chromium: {e}") from e
+            hint = (
+                " (Chromium's sandbox needs user namespaces, which this kernel refuses)"
+                if "No usable sandbox" in str(e)
+                else ""
+            )
+            raise FetchError(
+                f"The browser is unavailable: could not start Chromium{hint}: {e}"
+            ) from e
 
     async def _new_context(self) -> None:
         # No bypass list: Playwright then proxies loopback too (Chromium skips it by default).
@@ -249,8 +299,12 @@ class Chromium:
             with contextlib.suppress(Exception):
                 await self._playwright.stop()
         if self._proxy is not None:
+            self.refusals.extend(self._proxy.refusals)
             await self._proxy.close()
-        self._playwright = self._browser = self._context = self._page = self._proxy = None
+        if self._jail is not None:
+            self._jail.close()
+        self._playwright = self._browser = self._context = self._page = None
+        self._proxy = self._jail = None
 
     # -- policy --------------------------------------------------------------------------
 
@@ -290,29 +344,121 @@ class Chromium:
         self._adopt_loop()
         async with self._lock:  # one page, so one load at a time
             await self.start()
-            if self._page is None or self._page.is_closed():
-                self._page = await self._context.new_page()
-                self._page.on("request", self._request_started)
-                self._page.on("requestfinished", self._request_ended)
-                self._page.on("requestfailed", self._request_ended)
-            self._in_flight.clear()  # what the previous document left unfinished is gone
             marks = (len(self._nav_refusals), len(self._proxy.refusals) if self._proxy else 0)
+            oom_kills = self._jail.oom_kills() if self._jail is not None else 0
+            read = False
             try:
-                # Past DOMContentLoaded the page's own scripts can still block the renderer
-                # (`while (true) {}` in an onload handler) and with it every call we make: one
-                # deadline covers the whole load.
-                return await asyncio.wait_for(
-                    self._load(self._page, url, marks), self.load_timeout + self.load_event_wait
-                )
-            except TimeoutError as e:
-                await self._discard_page()
-                raise FetchError(
-                    f"Error fetching URL `{url}`: timed out after {self.load_timeout:g} s."
-                ) from e
-            except FetchError:
-                raise
-            except Exception as e:  # Playwright's own errors: tell the model, keep the tool alive
+                if self._page is None:
+                    self._page = await self._new_page()
+                self._in_flight.clear()  # what the previous document left unfinished is gone
+                self._received = {}
+                self._oversize = asyncio.Event()
+                fetched = await self._bounded_load(self._page, url, marks)
+                read = True
+                return fetched
+            except Exception as e:
+                if self._jail is not None and self._jail.oom_kills() > oom_kills:
+                    limit = (self.memory_bytes or 0) / (1 << 20)
+                    raise FetchError(
+                        f"Error fetching URL `{url}`: the page needed more memory than the "
+                        f"browser may use ({limit:.0f} MB) and was stopped."
+                    ) from e
+                if isinstance(e, FetchError):
+                    raise
+                if isinstance(e, TimeoutError):
+                    raise FetchError(
+                        f"Error fetching URL `{url}`: timed out after {self.load_timeout:g} s."
+                    ) from e
+                # Playwright's own errors: tell the model, keep the tool alive.
                 raise FetchError(f"Error fetching URL `{url}`: {describe_error(str(e))}") from e
+            finally:
+                await self._end_call(keep_page=read)
+
+    async def _new_page(self) -> Any:
+        page = await self._context.new_page()
+        page.on("request", self._request_started)
+        page.on("requestfinished", self._request_ended)
+        page.on("requestfailed", self._request_ended)
+        page.on("popup", self._close_popup)
+        # Chromium's network events carry each response's decoded length (the proxy sees
+        # only compressed, or for https encrypted, bytes).
+        session = await self._context.new_cdp_session(page)
+        session.on("Network.dataReceived", self._data_received)
+        await session.send("Network.enable")
+        return page
+
+    def _data_received(self, event: dict[str, Any]) -> None:
+        request_id = event.get("requestId", "")
+        received = self._received.get(request_id, 0) + int(event.get("dataLength", 0))
+        self._received[request_id] = received
+        if received > self.max_page_bytes:
+            self._oversize.set()
+
+    def _close_popup(self, popup: Any) -> None:
+        # The popup blocker stops scripted popups; what still opens (a click a script made)
+        # is closed at once, and so are its own popups.
+        popup.on("popup", self._close_popup)
+        task = asyncio.ensure_future(_close_quietly(popup))
+        self._popup_closers.add(task)
+        task.add_done_callback(self._popup_closers.discard)
+
+    async def _bounded_load(self, page: Any, url: str, marks: tuple[int, int]) -> Fetched:
+        # Past DOMContentLoaded the page's own scripts can still block the renderer
+        # (`while (true) {}` in an onload handler) and with it every call we make: one
+        # deadline covers the whole load, and so does the size bound.
+        load = asyncio.ensure_future(self._load(page, url, marks))
+        oversize = asyncio.ensure_future(self._oversize.wait())
+        try:
+            await asyncio.wait(
+                {load, oversize},
+                timeout=self.load_timeout + self.load_event_wait,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            oversize.cancel()
+            if not load.done():
+                load.cancel()
+            await asyncio.gather(load, oversize, return_exceptions=True)
+        if self._oversize.is_set():
+            limit = self.max_page_bytes
+            size = f"{limit / (1 << 20):.3g} MB" if limit >= 1 << 20 else f"{limit} bytes"
+            raise FetchError(
+                f"Error fetching URL `{url}`: the page is too large (larger than {size} once "
+                "decoded); it was not loaded."
+            )
+        if load.cancelled():
+            raise TimeoutError
+        return load.result()
+
+    async def _end_call(self, *, keep_page: bool) -> None:
+        """Close every popup, and leave the page read on about:blank (its scripts, timers and
+        sockets end with the document) or, after a failed load, throw it away: a page that
+        loops or is stuck would interrupt the next navigation. A renderer stuck in a script
+        may not even close, so the whole context goes (its processes are killed) then."""
+        for task in list(self._popup_closers):
+            task.cancel()
+        if self._context is None:
+            return
+        page = self._page
+        try:
+            for other in self._context.pages:
+                if other is not page:
+                    await asyncio.wait_for(other.close(), 3)
+            if page is not None and keep_page:
+                try:
+                    await asyncio.wait_for(page.goto("about:blank"), 3)
+                    return
+                except Exception:  # a page that will not leave goes
+                    pass
+            if page is not None:
+                self._page = None
+                await asyncio.wait_for(page.close(), 3)
+            return
+        except Exception:  # TimeoutError or Playwright's: either way the context must go
+            pass
+        context, self._context, self._page = self._context, None, None  # the next fetch: anew
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(context.close(), 5)
 
     def _refusal_behind(self, error: str, marks: tuple[int, int]) -> str | None:
         """The refusal that made this load fail, if one did. Only refusals of this load count:
@@ -339,7 +485,6 @@ class Chromium:
                 url, wait_until="domcontentloaded", timeout=self.load_timeout * 1000
             )
         except PlaywrightTimeout as e:
-            await self._discard_page()  # a stuck renderer must not hang the next call
             raise FetchError(
                 f"Error fetching URL `{url}`: timed out after {self.load_timeout:g} s."
             ) from e
@@ -362,7 +507,8 @@ class Chromium:
         final_url = page.url
         if not final_url.lower().startswith(("http://", "https://")):
             raise FetchError(f"Refused to show `{final_url[:200]}`: not an http(s) page.")
-        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        content_header = response.headers.get("content-type", "")
+        content_type = content_header.split(";")[0].strip().lower()
         if content_type and not content_type.startswith(_HTML_TYPES):
             if content_type == "application/pdf":
                 # Chromium's viewer hides the bytes; fetch them, and leave the viewer (it goes on
@@ -387,17 +533,24 @@ class Chromium:
                 f"Error fetching URL `{url}`: the page is too large "
                 f"({len(html)} characters, limit {self.max_page_bytes})."
             )
+        title = await page.title()
         try:
-            source = (await response.body()).decode("utf-8", "replace")
+            body: bytes | None = await response.body()
         except PlaywrightError:
-            source = None  # the body is gone once the page navigated on (a script redirect)
+            body = None  # the body is gone once the page navigated on (a script redirect)
+        # Undeclared, Chromium reads windows-1252 and never detects UTF-8 (the standard wants
+        # pages labelled); valid UTF-8 bytes mean UTF-8 was meant, as a detecting browser reads.
+        if body is not None and "charset" not in content_header.lower() and _undeclared_utf8(body):
+            with contextlib.suppress(PlaywrightError):
+                if await page.evaluate("document.characterSet") == "windows-1252":
+                    html, title = undo_windows_1252(html), undo_windows_1252(title)
         return Fetched(
             final_url,
             response.status,
             content_type or "text/html",
-            await page.title(),
+            title,
             html,
-            source,
+            decode_text(body) if body is not None else None,
         )
 
     def _request_started(self, request: Any) -> None:
@@ -445,20 +598,22 @@ class Chromium:
             )
         return body
 
-    async def _discard_page(self) -> None:
-        """Drop the page after a timeout. A renderer stuck in a script may not even close, so
-        the whole context goes (its processes are killed) when closing the page fails."""
-        page, self._page = self._page, None
-        if page is None:
-            return
-        try:
-            await asyncio.wait_for(page.close(), 3)
-            return
-        except Exception:  # TimeoutError or Playwright's: either way the context must go
-            pass
-        context, self._context = self._context, None  # the next fetch makes a new one
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(context.close(), 5)
+
+async def _close_quietly(page: Any) -> None:
+    with contextlib.suppress(Exception):  # gone already, or its browser is
+        await page.close()
+
+
+def _undeclared_utf8(body: bytes) -> bool:
+    """Non-ASCII bytes that are valid UTF-8, in a document that names no charset early on
+    (where the HTML standard's prescan looks for `<meta charset>`)."""
+    if body.isascii() or b"charset" in body[:1024].lower():
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def _inline_frames(page: Any) -> None:

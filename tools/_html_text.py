@@ -4,10 +4,17 @@ The format is the one gpt-oss was trained on (see DESIGN.md §6): links become `
 (same site) or `【{id}†{text}†{domain}】`, images `[Image N: alt]`, headings `# Title `, list
 items `  * item` / `  1. item`, table rows their cells joined by spaces, `<pre>` lines indented
 by four spaces. Text is prefixed by an empty line and `URL: {url}`.
+
+Whitespace follows the reference tool (html2text behind a regex) to the byte, trailing spaces
+included: a word directly followed, across tags only, by another word gets a space
+(`one</li><li>two` -> `one `); a text's trailing whitespace is kept as one space, its leading
+whitespace only separates it from text before it on the line; table rows end in two spaces and
+`<br>` in two more; the whole text is stripped at both ends.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
@@ -33,8 +40,47 @@ _PARAGRAPH = {
     "center", "caption", "legend",
 }  # fmt: skip
 # Elements that start a new line without a blank one.
-_LINE = {"dt", "dd", "tr", "option", "label"}
+_LINE = {"dt", "dd", "option", "label"}
 _HEADINGS = {f"h{i}": i for i in range(1, 7)}
+_WORD = re.compile(r"\w")
+_COMPACT = re.compile(r"[\w\-]+")  # <sup>/<sub> text written inline as ^{...} / _{...}
+
+
+# windows-1252 as browsers decode it: Latin-1, except 0x80-0x9F, which are mostly punctuation
+# (the five bytes cp1252 leaves undefined stay C1 controls, as in the WHATWG table).
+_CP1252_HIGH = {
+    chr(byte): bytes([byte]).decode("cp1252")
+    for byte in range(0x80, 0xA0)
+    if byte not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)
+}
+_FROM_LATIN1 = str.maketrans(_CP1252_HIGH)
+_TO_LATIN1 = str.maketrans({char: latin for latin, char in _CP1252_HIGH.items()})
+_MISREAD_RUN = re.compile("[\x80-\xff" + "".join(_CP1252_HIGH.values()) + "]+")
+
+
+def decode_text(data: bytes) -> str:
+    """Bytes with no trustworthy charset, as a detecting browser reads them: UTF-8 when they
+    are valid UTF-8, else windows-1252 (which decodes anything)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1").translate(_FROM_LATIN1)
+
+
+def undo_windows_1252(text: str) -> str:
+    """Text decoded as windows-1252 from UTF-8 bytes, read again as UTF-8 (`cafÃ©` -> `café`).
+
+    Only runs of characters that windows-1252 bytes decode to, and that form valid UTF-8 again,
+    change: text a script wrote correctly (`é` alone, `【`) is left as it is.
+    """
+
+    def redo(run: re.Match[str]) -> str:
+        try:
+            return run.group().translate(_TO_LATIN1).encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            return run.group()
+
+    return _MISREAD_RUN.sub(redo, text)
 
 
 def clean_text(text: str) -> str:
@@ -72,6 +118,7 @@ def html_to_text(html: str, url: str, title: str | None = None) -> PageText:
         title = _WS.sub(" ", found.text_content()).strip() if found is not None else ""
     converter = _Converter(url)
     body = root.find("body")
+    converter.glue_words(body if body is not None else root)
     converter.walk(body if body is not None else root)
     return PageText(
         title=clean_text(title or domain_of(url)),
@@ -103,30 +150,36 @@ class _Converter:
         self.images = 0
         self.lines: list[str] = []
         self.current: list[str] = []  # inline pieces of the line being written
-        self.space = False  # whitespace seen since the last piece
+        self.space = False  # leading whitespace seen since the last piece
+        self.fresh = False  # just after a list bullet: leading whitespace is dropped
         self.indent: list[str] = []  # prefixes of enclosing lists and quotes
+        self.ordered: list[bool] = []  # enclosing lists: numbered or not
         self.inline_only = 0  # > 0 inside headings and table cells: newlines become spaces
 
     # -- output --------------------------------------------------------------------------
 
     def text(self, raw: str) -> None:
-        """Inline text: whitespace collapses to single spaces, as a browser renders it."""
+        """Inline text: whitespace collapses to single spaces. A leading one only separates this
+        from what comes before on the line; a trailing one is written (and may end the line)."""
         if not raw:
             return
         collapsed = _WS.sub(" ", clean_text(raw))
         if collapsed.startswith(" "):
             self.space = True
-        if stripped := collapsed.strip(" "):
-            self.piece(stripped)
-        if collapsed.endswith(" "):
-            self.space = True
+            collapsed = collapsed[1:]
+        if collapsed:
+            self.piece(collapsed)
 
     def piece(self, text: str) -> None:
         """An unbreakable piece (a word run, a link marker)."""
-        if self.space and self.current:
+        if self.space and self.current and not self.fresh:
             self.current.append(" ")
-        self.space = False
+        self.space = self.fresh = False
         self.current.append(text)
+
+    def bullet(self, mark: str) -> None:
+        self.piece(mark + " ")
+        self.fresh = True
 
     def newline(self) -> None:
         if self.inline_only:
@@ -149,7 +202,41 @@ class _Converter:
         self.newline()
         # Whitespace-only lines become empty; other lines keep their ends (`# Title `).
         text = "\n".join(line if line.strip() else "" for line in self.lines)
-        return _BLANK_RUNS.sub("\n\n", text).strip("\n")
+        return _BLANK_RUNS.sub("\n\n", text).strip()
+
+    # -- the reference's word gluing -----------------------------------------------------
+
+    def glue_words(self, root: etree._Element) -> None:
+        """Give each text that ends in a word character, and that only tags separate from a
+        text starting with one, a trailing space: the reference does this to the HTML (with a
+        regex) before converting it. Unrendered text (scripts, hidden elements) counts, as it
+        does there; link markers, images and `^{...}` are text starting and ending otherwise."""
+        slots: list[tuple[etree._Element, str] | None] = []  # None: a marker
+
+        def visit(node: etree._Element) -> None:
+            if not isinstance(node.tag, str):
+                pass  # a comment: all inside `<...>` to the regex, only its tail is text
+            elif self._written_whole(node):
+                slots.append(None)
+            elif node.tag.lower() != "math":  # the reference removes math, text and all
+                slots.append((node, "text"))
+                for child in node:
+                    visit(child)
+            slots.append((node, "tail"))
+
+        visit(root)
+        texts = [(slot, "【】" if slot is None else getattr(*slot) or "") for slot in slots]
+        texts = [(slot, text) for slot, text in texts if text]
+        for (slot, text), (_, following) in itertools.pairwise(texts):
+            if slot is not None and _WORD.match(text[-1]) and _WORD.match(following[0]):
+                setattr(*slot, text + " ")
+
+    def _written_whole(self, node: etree._Element) -> bool:
+        """Elements written as one piece: a link marker, an image, a compact `^{...}`."""
+        tag = node.tag.lower()
+        if tag in ("sup", "sub"):
+            return _COMPACT.fullmatch(node.text_content().strip()) is not None
+        return tag == "img" or (tag == "a" and self._link_target(node) is not None)
 
     # -- tree ----------------------------------------------------------------------------
 
@@ -167,12 +254,10 @@ class _Converter:
         if tag in _HEADINGS:
             self.blank()
             self.inline_only += 1
-            self.piece("#" * _HEADINGS[tag])
-            self.space = True
+            mark = "#" * _HEADINGS[tag] + " "
+            self.piece(mark)
             self.walk(node)
-            if len(self.current) > 1:
-                self.current.append(" ")  # the reference format keeps one trailing space
-            else:
+            if self.current == [mark]:
                 self.current = []  # an empty heading: no lone `#`
             self.space = False
             self.inline_only -= 1
@@ -182,7 +267,13 @@ class _Converter:
         elif tag == "img":
             self.image(node)
         elif tag == "br":
-            self.newline()
+            if self.inline_only:
+                self.newline()
+            elif self.current:  # the reference writes a pending space, then `  \n`
+                self.current.append("   " if self.space else "  ")
+                self.newline()
+            else:
+                self.lines.append("")  # `<br><br>`: an empty line
         elif tag == "hr":
             self.blank()
             self.piece("* * *")
@@ -191,22 +282,20 @@ class _Converter:
             self.list(node, ordered=tag == "ol")
         elif tag == "li":  # a stray item outside a list
             self.newline()
-            self.piece("*")
-            self.space = True
+            self.bullet("*")
             self.walk(node)
             self.newline()
         elif tag == "pre":
             self.pre(node)
-        elif tag == "table":
-            self.blank()
+        elif tag == "tr":  # a table is no block to the reference; its rows are lines
             self.walk(node)
-            self.blank()
-        elif tag in ("td", "th"):
-            self.space = True
+            if self.current:
+                self.current.append("  ")  # the reference ends each row with a soft break
+            self.newline()
+        elif tag in ("td", "th"):  # cells are separated by the text's own spaces
             self.inline_only += 1
             self.walk(node)
             self.inline_only -= 1
-            self.space = True
         elif tag == "blockquote":
             self.blank()
             self.indent.append("> ")
@@ -214,7 +303,7 @@ class _Converter:
             self.newline()
             self.indent.pop()
             self.blank()
-        elif tag in ("sup", "sub") and re.fullmatch(r"[\w\-]+", node.text_content().strip()):
+        elif tag in ("sup", "sub") and _COMPACT.fullmatch(node.text_content().strip()):
             self.piece(("^{" if tag == "sup" else "_{") + node.text_content().strip() + "}")
         elif tag in _PARAGRAPH:
             self.blank()
@@ -233,6 +322,9 @@ class _Converter:
         else:
             self.newline()
         number = int(node.get("start", "1")) if (node.get("start") or "1").isdigit() else 1
+        # As in the reference (CommonMark's rule): items inside a numbered item indent by three.
+        step = "   " if self.ordered and self.ordered[-1] else "  "
+        self.ordered.append(ordered)
         for child in node:
             if not isinstance(child.tag, str) or child.tag.lower() != "li":
                 if isinstance(child.tag, str):
@@ -241,26 +333,33 @@ class _Converter:
             self.newline()
             bullet = f"{number}." if ordered else "*"
             number += 1
-            self.indent.append("  ")
-            self.piece(bullet)
-            self.space = True
+            self.indent.append(step)
+            self.bullet(bullet)
             self.walk(child)
-            if self.current == [bullet]:  # an item with nothing readable (icons, buttons)
+            if self.current == [bullet + " "]:  # an item with nothing readable (icons, buttons)
                 self.current = []
             self.newline()
             self.indent.pop()
+        self.ordered.pop()
         if not self.indent:
             self.blank()
 
-    def link(self, node: etree._Element) -> None:
+    def _link_target(self, node: etree._Element) -> tuple[str, str] | None:
+        """(URL, label) of a link written as a marker; None for the others: image links keep
+        their images, mailto:, javascript: and #fragments their text."""
         href = (node.get("href") or "").strip()
         label = _WS.sub(" ", clean_text(node.text_content())).strip().replace("†", "‡")
         target = urljoin(self.url, href) if href and not href.startswith("#") else ""
         scheme = urlsplit(target).scheme.lower() if target else ""
         if not label or scheme not in ("http", "https") or not domain_of(target):
-            # Image links keep their images; mailto:, javascript: and #fragments their text.
+            return None
+        return target, label
+
+    def link(self, node: etree._Element) -> None:
+        if (found := self._link_target(node)) is None:
             self.walk(node)
             return
+        target, label = found
         if (link_id := self._link_ids.get(target)) is None:
             link_id = self._link_ids[target] = len(self.links)
             self.links[link_id] = target
@@ -279,7 +378,7 @@ class _Converter:
         self.blank()
         raw = clean_text(_pre_text(node))
         for line in raw.strip("\n").split("\n"):
-            self.lines.append("".join(self.indent) + "    " + line.rstrip())
+            self.lines.append("".join(self.indent) + "    " + line)
         self.blank()
 
 

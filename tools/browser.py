@@ -20,7 +20,7 @@ from typing import Any
 
 from openai_harmony import ToolNamespaceConfig
 
-from ._browser_chromium import Chromium, Fetched, FetchError
+from ._browser_chromium import MEMORY_BYTES, Chromium, Fetched, FetchError
 from ._browser_citations import Citation, CitedText, resolve_citations
 from ._browser_pages import (
     VIEW_TOKENS,
@@ -46,7 +46,7 @@ from ._browser_search import (
     YouComBackend,
     backend_from_env,
 )
-from ._html_text import domain_of, html_to_text, plain_text_page, with_url_line
+from ._html_text import decode_text, domain_of, html_to_text, plain_text_page, with_url_line
 from .base import BuiltinTool, ToolCall, ToolError
 
 __all__ = [
@@ -78,6 +78,11 @@ class BrowserTool(BuiltinTool):
     addresses it checked (so DNS rebinding cannot slip past). Only http(s) URLs are opened.
     What it does NOT protect against: pages are untrusted text (prompt injection reaches the
     model), and the model can send data to any public host in a URL it opens.
+
+    Chromium itself keeps its sandbox on. Under a root host it runs as an unprivileged uid of its
+    own, in a memory cgroup of `browser_memory_bytes` (cgroup v1; without one there is no memory
+    limit). No document outlives its call: popups are blocked (and closed if one opens), the page
+    read is left on about:blank, and a page that failed or looped is thrown away.
     """
 
     name = "browser"
@@ -95,6 +100,8 @@ class BrowserTool(BuiltinTool):
         view_tokens: int = VIEW_TOKENS,
         token_counter: TokenCounter = harmony_prefix_chars,
         browser_args: Iterable[str] = (),
+        browser_uid: int | None = None,
+        browser_memory_bytes: int | None = MEMORY_BYTES,
     ) -> None:
         """
         Args:
@@ -110,12 +117,17 @@ class BrowserTool(BuiltinTool):
             load_timeout: seconds a page may take to load.
             idle_wait: after the load event, seconds to wait for the network to go quiet (pages
                 that fetch their content with scripts); 0 skips it.
-            max_page_bytes: larger documents are refused.
+            max_page_bytes: a page, or anything it loads, larger than this once decoded
+                (a gzip bomb is small on the wire) is refused.
             max_search_results: cap on `topn`.
             view_tokens: tokens of page text per view.
             token_counter: how views are measured; the default uses the gpt-oss tokenizer,
                 `approximate_prefix_chars` avoids it (about 4 characters a token).
             browser_args: extra Chromium command-line flags.
+            browser_uid: the unprivileged uid (and gid) Chromium runs as when this process is
+                root; None leases one no other sandbox or browser uses (`sandbox.uids`).
+            browser_memory_bytes: memory of all Chromium's processes together, where a memory
+                cgroup can be made (as root); a page that needs more is stopped. None: no limit.
         """
         self.policy = NetworkPolicy(allow_private_network)
         self.search_backend: SearchBackend | None = (
@@ -128,6 +140,8 @@ class BrowserTool(BuiltinTool):
             idle_wait=idle_wait,
             max_page_bytes=max_page_bytes,
             extra_args=tuple(browser_args),
+            user_id=browser_uid,
+            memory_bytes=browser_memory_bytes,
         )
         self.max_search_results = max_search_results
         self.view_tokens = view_tokens
@@ -281,7 +295,7 @@ def _to_page(fetched: Fetched) -> Page:
     if content_type == "application/pdf" or body.startswith(b"%PDF-"):
         text = _pdf_text(body, url)
     elif content_type.startswith("text/") or content_type.endswith(("json", "+xml", "/xml")):
-        text = body.decode("utf-8", "replace")
+        text = decode_text(body)
         if content_type.endswith("json"):
             with contextlib.suppress(ValueError):  # malformed JSON is shown as it is
                 text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
