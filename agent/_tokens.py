@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 
-from model import Model, Sampling
+from harmony_agent.model import Model, Sampling
 
 
 @dataclass

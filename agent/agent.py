@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from openai_harmony import Message
 
-from model import Model, Sampling
+from harmony_agent.model import Model, Sampling
 
 from .conversation import developer_message, strip_preamble, system_message
 from .events import AgentEvent, RunDone

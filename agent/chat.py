@@ -11,7 +11,7 @@ from pathlib import Path
 from openai_harmony import Message
 from rich.console import Console
 
-from model.encoding import cache_dir
+from harmony_agent.encoding import cache_dir
 
 from .agent import Agent
 from .conversation import strip_preamble

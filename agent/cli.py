@@ -12,9 +12,9 @@ from typing import Any
 
 from rich.console import Console
 
-from model import EncodingError, Sampling, ScriptedModel
-from tools import FunctionTool
-from tools.plugins import PluginError, installed_plugins, load_reference
+from harmony_agent.model import EncodingError, Sampling, ScriptedModel
+from harmony_agent.tools import FunctionTool
+from harmony_agent.tools.plugins import PluginError, installed_plugins, load_reference
 
 from .agent import Agent
 from .batch import BatchError
@@ -34,7 +34,7 @@ class CliError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from tools import SandboxUnavailable
+    from harmony_agent.tools import SandboxUnavailable
 
     errors: list[type[BaseException]] = [
         SandboxUnavailable,
@@ -47,7 +47,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         OSError,
     ]
     try:
-        from model.checkpoint import CheckpointError
+        from harmony_agent.model.checkpoint import CheckpointError
 
         errors.append(CheckpointError)
     except ImportError:  # torch missing: load_model reports that itself
@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_list_tools)
 
     try:
-        from model.cli import add_model_commands
-        from model.train.cli import add_finetune_command
+        from harmony_agent.model.cli import add_model_commands
+        from harmony_agent.model.train.cli import add_finetune_command
     except ModuleNotFoundError as e:  # without torch there are no model utilities
         if e.name != "torch":
             raise
@@ -254,11 +254,11 @@ def _positive_int(text: str) -> int:
 def _tools(args: argparse.Namespace) -> list[Tool]:
     tools: list[Tool] = []
     if getattr(args, "python", False):
-        from tools import PythonTool
+        from harmony_agent.tools import PythonTool
 
         tools.append(PythonTool(dangerously_allow_unsandboxed=args.python_unsandboxed))
     if getattr(args, "browser", False):
-        from tools import BrowserTool
+        from harmony_agent.tools import BrowserTool
 
         tools.append(BrowserTool())
     if not getattr(args, "no_plugins", False):
@@ -282,9 +282,9 @@ def _load_model(args: argparse.Namespace) -> Any:
     if args.scripted:
         return _scripted_model(args.scripted)
     path = args.model or os.environ[MODEL_ENV]
-    from model import load_model
-    from model.checkpoint import CheckpointError
-    from model.encoding import VOCAB_SIZE
+    from harmony_agent.encoding import VOCAB_SIZE
+    from harmony_agent.model import load_model
+    from harmony_agent.model.checkpoint import CheckpointError
 
     try:
         model = load_model(path, **_model_options(args))
@@ -351,9 +351,9 @@ def _agent(args: argparse.Namespace) -> Agent:
 
 def _demo_agent(args: argparse.Namespace, sampling: Sampling) -> Agent:
     """The built-in demo model, with exactly the prompt it was trained on."""
-    from model.demo import DEMO_CURRENT_DATE, load_demo_model
-    from model.demo.task import convert_units
-    from tools import PythonTool, function_tool
+    from harmony_agent.model.demo import DEMO_CURRENT_DATE, load_demo_model
+    from harmony_agent.model.demo.task import convert_units
+    from harmony_agent.tools import PythonTool, function_tool
 
     if args.tool_refs or args.browser or args.instructions:
         raise CliError(

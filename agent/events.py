@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from openai_harmony import Message
 
-from tools import ToolCall
+from harmony_agent.tools import ToolCall
 
 if TYPE_CHECKING:
     from .result import RunResult

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from tools import ToolCall
+from harmony_agent.tools import ToolCall
 
 if TYPE_CHECKING:
     from .result import RunResult

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from openai_harmony import Author, HarmonyError, Message, Role, StreamableParser, StreamState
 
-from model import Model, harmony_encoding
-from tools import RunContext, ToolCall, ToolError
+from harmony_agent.model import Model, harmony_encoding
+from harmony_agent.tools import RunContext, ToolCall, ToolError
 
 from ._tokens import stream_tokens
 from .conversation import Prompt, drop_finished_analysis, text_of

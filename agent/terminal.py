@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.text import Text
 
-from model import harmony_encoding
+from harmony_agent.model import harmony_encoding
 
 from .events import AgentEvent, RunDone, ToolCalled, ToolResult
 from .result import RunResult

@@ -8,8 +8,8 @@ from typing import Any, TypeAlias
 
 from openai_harmony import ToolDescription, ToolNamespaceConfig
 
-from tools import BuiltinTool, RunContext, ToolCall, ToolError
-from tools.function_tool import FunctionTool
+from harmony_agent.tools import BuiltinTool, RunContext, ToolCall, ToolError
+from harmony_agent.tools.function_tool import FunctionTool
 
 Tool: TypeAlias = FunctionTool | BuiltinTool
 

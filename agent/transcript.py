@@ -1,7 +1,8 @@
 """Transcripts: a conversation as append-only JSON lines, written while the run proceeds.
 
-Each line is one record: `{"type": "message", "message": {...}}` (harmony's dict form of a
-message, system and developer messages included) or `{"type": "run", ...}` (how a run ended).
+Each line is one record (`harmony_agent.records`): `{"type": "message", "message": {...}}`
+(harmony's dict form of a message, system and developer messages included) or
+`{"type": "run", ...}` (how a run ended).
 A line is written as soon as its message is complete, so a crash loses at most the message in
 flight; a torn last line is ignored on load.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from openai_harmony import Message
+
+from harmony_agent.records import RecordError, read_messages
 
 from .result import RunResult
 
@@ -71,21 +74,10 @@ def load_transcript(path: str | os.PathLike[str]) -> list[Message]:
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return [message for _, message in read_messages(path)]
     except FileNotFoundError:
         raise TranscriptError(f"transcript not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise TranscriptError(f"cannot read transcript {path}: {e}") from None
-    messages = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if record.get("type") == "message":
-                messages.append(Message.from_dict(record["message"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-            if number == len(lines):
-                break  # the message in flight when the writer died
-            raise TranscriptError(f"{path}:{number}: not a transcript record ({e})") from None
-    return messages
+    except RecordError as e:
+        raise TranscriptError(str(e)) from None

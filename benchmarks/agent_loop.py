@@ -13,9 +13,9 @@ import time
 
 from openai_harmony import Role, StreamableParser
 
-from agent import Agent
-from model import ScriptedModel, harmony_encoding
-from tools import function_tool
+from harmony_agent.agent import Agent
+from harmony_agent.model import ScriptedModel, harmony_encoding
+from harmony_agent.tools import function_tool
 
 
 @function_tool

@@ -46,14 +46,14 @@ DEMO_CONFIG = {
 
 def demo_agent(model: object, *, python: bool = True, current_date: str | None = None) -> object:
     """The agent the demo model was trained for: the python tool and `convert_units`."""
-    from agent import Agent
-    from model import Sampling
-    from model.demo.task import convert_units
-    from tools import function_tool
+    from harmony_agent.agent import Agent
+    from harmony_agent.model import Sampling
+    from harmony_agent.model.demo.task import convert_units
+    from harmony_agent.tools import function_tool
 
     tools: list = [function_tool(convert_units)]
     if python:
-        from tools.python_tool import PythonTool
+        from harmony_agent.tools.python_tool import PythonTool
 
         tools.insert(0, PythonTool())
     return Agent(model, tools=tools, sampling=Sampling(temperature=0), current_date=current_date,
@@ -61,8 +61,8 @@ def demo_agent(model: object, *, python: bool = True, current_date: str | None =
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from model import ScriptedModel
-    from model.demo.task import write_transcripts
+    from harmony_agent.model import ScriptedModel
+    from harmony_agent.model.demo.task import write_transcripts
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,11 +78,11 @@ def cmd_data(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
-    from model.config import ModelConfig
-    from model.encoding import harmony_encoding
-    from model.train.data import CompactVocab, load_examples, used_tokens
-    from model.train.export import save_compact
-    from model.train.loop import (
+    from harmony_agent.encoding import harmony_encoding
+    from harmony_agent.model.config import ModelConfig
+    from harmony_agent.model.train.data import CompactVocab, load_examples, used_tokens
+    from harmony_agent.model.train.export import save_compact
+    from harmony_agent.model.train.loop import (
         FinetuneConfig,
         finetune,
         init_transformer,
@@ -167,8 +167,8 @@ def fix_number_rows(tf: Any, vocab: Any, encoding: Any, std: float) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from model.demo import DEMO_CURRENT_DATE, load_demo_model
-    from model.demo.task import held_out_tasks, training_questions
+    from harmony_agent.model.demo import DEMO_CURRENT_DATE, load_demo_model
+    from harmony_agent.model.demo.task import held_out_tasks, training_questions
 
     torch.set_num_threads(args.threads)
     if args.dense_weights:
@@ -199,7 +199,7 @@ def decode_speed(model: object, preamble: list, n: int = 200) -> float:
     """Tokens per second of greedy decoding alone, after a prefilled harmony prompt."""
     from openai_harmony import Conversation, Message, Role
 
-    from model import Sampling, harmony_encoding
+    from harmony_agent.model import Sampling, harmony_encoding
 
     enc = harmony_encoding()
     messages = [*preamble, Message.from_role_and_content(Role.USER, "What is 37 * 41 + 5?")]
@@ -219,11 +219,11 @@ def _dense_model(path: str) -> object:
 
     import torch
 
-    from model import load_model
-    from model.config import ModelConfig
-    from model.train.data import CompactVocab
-    from model.train.export import export_checkpoint
-    from model.transformer import Transformer
+    from harmony_agent.model import load_model
+    from harmony_agent.model.config import ModelConfig
+    from harmony_agent.model.train.data import CompactVocab
+    from harmony_agent.model.train.export import export_checkpoint
+    from harmony_agent.model.transformer import Transformer
 
     saved = torch.load(path)
     vocab = CompactVocab(saved["ids"].tolist(), DEMO_CONFIG["vocab_size"])

@@ -13,9 +13,9 @@ import asyncio
 import statistics
 import time
 
-from sandbox import probe
-from tools.base import ToolCall
-from tools.python_tool import PythonTool
+from harmony_agent.sandbox import probe
+from harmony_agent.tools.base import ToolCall
+from harmony_agent.tools.python_tool import PythonTool
 
 TRIVIAL = ToolCall("python", "1")
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from model.config import PRESETS, ModelConfig
+from harmony_agent.model.config import PRESETS, ModelConfig
 
 
 def bench(fn: Callable[[], object]) -> float:
@@ -32,9 +32,9 @@ def report(name: str, ms: float, nbytes: int, base_ms: float) -> None:
 
 
 def moe_case(config: ModelConfig, tokens: int, path: str | None) -> None:
-    from model.mxfp4 import dequantize
-    from model.transformer import swiglu
-    from model.triton.moe import kernel_layout, moe
+    from harmony_agent.model.mxfp4 import dequantize
+    from harmony_agent.model.transformer import swiglu
+    from harmony_agent.model.triton.moe import kernel_layout, moe
 
     e, h, i, a = (config.num_experts, config.hidden_size, config.intermediate_size,
                   config.experts_per_token)  # fmt: skip
@@ -71,8 +71,8 @@ def moe_case(config: ModelConfig, tokens: int, path: str | None) -> None:
 
 
 def attention_case(config: ModelConfig, tokens: int, context: int, window: int | None) -> None:
-    from model.transformer import attention as torch_attention
-    from model.triton.attention import attention
+    from harmony_agent.model.transformer import attention as torch_attention
+    from harmony_agent.model.triton.attention import attention
 
     nh, nkv, hd, dev, dt = (config.num_attention_heads, config.num_key_value_heads,
                             config.head_dim, "cuda", torch.bfloat16)  # fmt: skip
@@ -92,7 +92,7 @@ def attention_case(config: ModelConfig, tokens: int, context: int, window: int |
 
 
 def norm_case(config: ModelConfig, tokens: int) -> None:
-    from model.triton.norm import rms_norm, rms_norm_reference
+    from harmony_agent.model.triton.norm import rms_norm, rms_norm_reference
 
     x = torch.randn(tokens, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     scale = torch.rand(config.hidden_size, device="cuda")

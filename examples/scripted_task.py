@@ -10,9 +10,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agent import Agent, load_transcript
-from model import ScriptedModel, load_model
-from tools import function_tool
+from harmony_agent.agent import Agent, load_transcript
+from harmony_agent.model import ScriptedModel, load_model
+from harmony_agent.tools import function_tool
 
 INVOICE = {"A-17": 120.0, "B-03": 75.5, "C-44": 310.25}
 

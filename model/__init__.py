@@ -2,7 +2,8 @@
 
 from typing import TYPE_CHECKING, Any
 
-from .encoding import EncodingError, harmony_encoding
+from harmony_agent.encoding import EncodingError, harmony_encoding
+
 from .protocol import Model, Sampling
 from .scripted import ScriptedModel, ScriptExhausted
 

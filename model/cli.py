@@ -205,8 +205,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point: `python -m model.cli ...` (the agent CLI embeds these commands)."""
-    parser = argparse.ArgumentParser(prog="python -m model.cli")
+    """Stand-alone entry point: `python -m harmony_agent.model.cli ...` (the agent CLI embeds
+    these commands)."""
+    parser = argparse.ArgumentParser(prog="python -m harmony_agent.model.cli")
     add_model_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.handler(args))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterator, Sequence
 
-from .encoding import harmony_encoding
+from harmony_agent.encoding import harmony_encoding
+
 from .protocol import Sampling
 
 

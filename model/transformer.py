@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import mxfp4_cpu
+from ..model import mxfp4_cpu
 from .config import ModelConfig
 from .mxfp4 import dequantize
 

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import host_files
+from ..sandbox import host_files
 from .config import SandboxConfig
 from .process import SCRATCH, SandboxedProcess, probe, spawn
 from .uids import UidLease, lease_uid

@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from . import _cgroup, _seccomp, host_files, uids
+from ..sandbox import _cgroup, _seccomp, host_files, uids
 from .config import SandboxConfig
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sandbox import SandboxUnavailable, probe
+from harmony_agent.sandbox import SandboxUnavailable, probe
 
 
 def _sandbox_missing() -> str | None:

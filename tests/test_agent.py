@@ -10,9 +10,9 @@ import time
 import pytest
 from openai_harmony import Conversation, Message, Role, ToolDescription, ToolNamespaceConfig
 
-from agent import Agent, AgentHooks, RunDone, RunResult
-from model import ScriptedModel, harmony_encoding
-from tools import BuiltinTool, RunContext, ToolCall, ToolError, function_tool
+from harmony_agent.agent import Agent, AgentHooks, RunDone, RunResult
+from harmony_agent.model import ScriptedModel, harmony_encoding
+from harmony_agent.tools import BuiltinTool, RunContext, ToolCall, ToolError, function_tool
 
 CALL_ADD = (
     '<|channel|>commentary to=functions.add <|constrain|>json<|message|>{"a": 2, "b": 3}<|call|>'

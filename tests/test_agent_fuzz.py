@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import Agent, RunDone
-from model import ScriptedModel, harmony_encoding
-from tools import function_tool
+from harmony_agent.agent import Agent, RunDone
+from harmony_agent.model import ScriptedModel, harmony_encoding
+from harmony_agent.tools import function_tool
 
 VALID_TURNS = [
     "<|channel|>analysis<|message|>Let me add.<|end|><|start|>assistant<|channel|>commentary "

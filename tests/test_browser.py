@@ -19,11 +19,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tools._browser_chromium import FetchError, find_chromium
-from tools._browser_pages import PageStack
-from tools._browser_search import LocalSearchBackend
-from tools.base import ToolCall, ToolError
-from tools.browser import BrowserTool
+from harmony_agent.tools.base import ToolCall, ToolError
+from harmony_agent.tools.browser import (
+    BrowserTool,
+    FetchError,
+    LocalSearchBackend,
+    PageStack,
+    find_chromium,
+)
 
 try:
     find_chromium()
@@ -511,8 +514,8 @@ def test_script_navigation_to_file_is_not_followed(browser, call, sites):
 def test_agent_calls_the_browser(sites):
     from openai_harmony import Role
 
-    import agent as agent_module
-    from model import ScriptedModel
+    import harmony_agent.agent as agent_module
+    from harmony_agent.model import ScriptedModel
 
     site, _ = sites
     turns = [

@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 
-from tools._browser_chromium import FetchError, find_chromium
-from tools._browser_pages import PageStack
-from tools.base import ToolCall, ToolError
-from tools.browser import BrowserTool
+from harmony_agent.tools.base import ToolCall, ToolError
+from harmony_agent.tools.browser import BrowserTool, FetchError, PageStack, find_chromium
+from harmony_agent.tools.browser.download import DownloadTooLarge, download
 
 try:
     find_chromium()
@@ -36,6 +35,7 @@ MiB = 1 << 20
 PAGE_LIMIT = 5 * MiB
 MEMORY_LIMIT = 1024 * MiB
 BOMB_BYTES = 200 * MiB  # decoded; about 400 KB on the wire
+PDF_BOMB_BYTES = 160 * MiB  # decoded zeros; about 160 KB on the wire
 HOG_BYTES = 3072 * MiB  # what the memory hog allocates at most (it stops there, limit or not)
 
 
@@ -48,6 +48,16 @@ def gzip_bomb() -> bytes:
     chunk = b"<div>bomb</div>" * (MiB // 15)
     parts = [compressor.compress(b"<!doctype html><title>Bomb</title>")]
     parts += [compressor.compress(chunk) for _ in range(BOMB_BYTES // len(chunk))]
+    return b"".join([*parts, compressor.flush()])
+
+
+def pdf_gzip_bomb() -> bytes:
+    """A "PDF" that is mostly zeros, gzipped: Chromium's viewer hides PDFs, so the tool fetches
+    these bytes itself, outside the browser's memory group."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(MiB)
+    parts = [compressor.compress(b"%PDF-1.4\n")]
+    parts += [compressor.compress(zeros) for _ in range(PDF_BOMB_BYTES // MiB)]
     return b"".join([*parts, compressor.flush()])
 
 
@@ -110,6 +120,7 @@ class Site(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.bomb = gzip_bomb()
+        self.pdf_bomb = pdf_gzip_bomb()
 
     @property
     def url(self) -> str:
@@ -127,6 +138,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/gzip-bomb":
             status, headers, body = 200, {"Content-Type": "text/html"}, self.server.bomb
             headers = {**headers, "Content-Encoding": "gzip"}
+        elif path == "/pdf-bomb.pdf":
+            status, body = 200, self.server.pdf_bomb
+            headers = {"Content-Type": "application/pdf", "Content-Encoding": "gzip"}
         else:
             status, headers, body = PAGES.get(path, (404, {}, b"no such page"))
         self.send_response(status)
@@ -322,3 +336,75 @@ def test_page_memory_is_limited_and_the_next_call_works(tool, call, site):
         call("open", id=f"{site.url}/memory-hog")
     print(f"\nmemory hog: {raised.value}")
     assert_normal_page_opens(call, site)
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0  # gone
+    line = next((line for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return int(line.split()[1]) * 1024 if line else 0
+
+
+def playwright_drivers() -> list[int]:
+    """Playwright's Node driver: a host process (root, where the host is), outside Chromium's
+    memory group."""
+    found = []
+    for pid in descendants(os.getpid()):
+        try:
+            if b"run-driver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_pdf_gzip_bomb_is_refused_without_host_memory(tool, call, site):
+    assert_normal_page_opens(call, site)
+    drivers = playwright_drivers()
+    host = ["self", *drivers]  # this process and the driver: what the host pays for
+
+    def sample() -> int:
+        return sum(rss_bytes(pid) for pid in host)
+
+    baseline = peak = sample()
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, sample())
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ToolError, match=r"too large \(larger than 5 MB once decoded\)"):
+            call("open", id=f"{site.url}/pdf-bomb.pdf")
+        elapsed = time.monotonic() - started
+        time.sleep(0.5)  # whatever is still decoding in the background shows up meanwhile
+    finally:
+        done.set()
+        watcher.join()
+    grown = (peak - baseline) / MiB
+    print(
+        f"\nhost RSS growth on a {PDF_BOMB_BYTES >> 20} MB gzipped PDF: {grown:.0f} MiB"
+        f" (this process and {len(drivers)} Playwright driver(s)), refused in {elapsed:.1f} s"
+    )
+    assert elapsed < 15, f"the bomb took {elapsed:.1f} s to refuse"
+    assert grown < 100, f"the host grew by {grown:.0f} MiB"
+    assert_normal_page_opens(call, site)
+
+
+def test_the_host_download_itself_stops_at_the_decoded_limit(site):
+    # Without the browser in the way (its own load of the PDF may be refused first): the
+    # host's download reads and decodes no more than the limit, however the server compresses.
+    started = time.monotonic()
+    with pytest.raises(DownloadTooLarge):
+        download(f"{site.url}/pdf-bomb.pdf", proxy=None, max_bytes=PAGE_LIMIT, timeout=10)
+    assert time.monotonic() - started < 5
+    assert (
+        download(f"{site.url}/", proxy=None, max_bytes=PAGE_LIMIT, timeout=10).body == PAGES["/"][2]
+    )

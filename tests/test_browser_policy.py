@@ -10,8 +10,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tools._browser_policy import NetworkPolicy, Refused, address_problem, split_host_port
-from tools._browser_proxy import REFUSED_HEADER, PolicyProxy
+from harmony_agent.tools.browser import (
+    REFUSED_HEADER,
+    NetworkPolicy,
+    PolicyProxy,
+    Refused,
+    address_problem,
+    split_host_port,
+)
 
 
 @pytest.mark.parametrize(

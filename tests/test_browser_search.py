@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tools._browser_search import (
+from harmony_agent.tools.browser import (
     DuckDuckGoBackend,
     ExaBackend,
     HttpRequest,

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from tools._browser_citations import resolve_citations
-from tools._browser_pages import (
+from harmony_agent.tools.browser import (
     Page,
     PageStack,
     SearchResult,
     approximate_prefix_chars,
     find_page,
     harmony_prefix_chars,
+    html_to_text,
     render_view,
+    resolve_citations,
     search_page,
     strip_link_markers,
     wrap_lines,
 )
-from tools._html_text import html_to_text
 
 URL = "http://site.test/dir/index.html"
 

@@ -19,7 +19,7 @@ CALL = (
 )
 FINAL = "<|channel|>final<|message|>The answer is **5**.<|return|>"
 TOOLS = '''
-from tools import function_tool
+from harmony_agent.tools import function_tool
 
 @function_tool
 def add(a: int, b: int) -> int:
@@ -61,7 +61,7 @@ def test_tools_come_from_the_current_folder_as_python_m_would(workdir: Path) -> 
 
 def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args],
+        [sys.executable, "-m", "harmony_agent", *args],
         cwd=workdir, env=env(workdir), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
@@ -129,7 +129,7 @@ def test_bad_input_is_one_line(workdir: Path, args: list[str], message: str) -> 
 
 def test_the_demo_model_answers_without_any_model_given(workdir: Path) -> None:
     environment = {k: v for k, v in env(workdir).items() if k != "HARMONY_AGENT_MODEL"}
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "run", "What is 37 * 41 + 5?"],
+    proc = subprocess.run([sys.executable, "-m", "harmony_agent", "run", "What is 37 * 41 + 5?"],
                           cwd=workdir, env=environment, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -154,7 +154,7 @@ def test_chat_in_a_terminal(workdir: Path) -> None:
     slow = "<|channel|>analysis<|message|>" + "thinking " * 2000 + "<|end|>"
     (workdir / "chat.json").write_text(json.dumps({"turns": [CALL, FINAL, slow], "delay": 0.01}))
     child = pexpect.spawn(
-        sys.executable, ["-m", "agent.cli", "chat", "--scripted", "chat.json", "--tools",
+        sys.executable, ["-m", "harmony_agent", "chat", "--scripted", "chat.json", "--tools",
                          "cli_tools:add"],
         cwd=str(workdir), env=env(workdir), encoding="utf-8", timeout=60, dimensions=(40, 100),
     )  # fmt: skip
@@ -192,9 +192,9 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     garbage, which is the point."""
     import dataclasses
 
-    from model.checkpoint import write_random_checkpoint
-    from model.config import PRESETS
-    from model.encoding import VOCAB_SIZE
+    from harmony_agent.encoding import VOCAB_SIZE
+    from harmony_agent.model.checkpoint import write_random_checkpoint
+    from harmony_agent.model.config import PRESETS
 
     config = dataclasses.replace(PRESETS["tiny"], vocab_size=VOCAB_SIZE)
     return write_random_checkpoint(tmp_path_factory.mktemp("random"), config, seed=1)
@@ -210,7 +210,7 @@ def test_run_on_a_random_checkpoint_ends_cleanly(workdir: Path, random_checkpoin
 
 def test_chat_on_a_random_checkpoint(workdir: Path, random_checkpoint: Path) -> None:
     child = pexpect.spawn(
-        sys.executable, ["-m", "agent.cli", "chat", "--model", str(random_checkpoint),
+        sys.executable, ["-m", "harmony_agent", "chat", "--model", str(random_checkpoint),
                          "--max-tokens", "16"],
         cwd=str(workdir), env=env(workdir), encoding="utf-8", timeout=120, dimensions=(40, 100),
     )  # fmt: skip
@@ -227,8 +227,8 @@ def test_chat_on_a_random_checkpoint(workdir: Path, random_checkpoint: Path) -> 
 
 
 def test_a_checkpoint_without_the_harmony_vocabulary_is_refused(workdir: Path) -> None:
-    from model.checkpoint import write_random_checkpoint
-    from model.config import PRESETS
+    from harmony_agent.model.checkpoint import write_random_checkpoint
+    from harmony_agent.model.config import PRESETS
 
     folder = write_random_checkpoint(workdir / "small", PRESETS["tiny"])
     proc = cli(workdir, "run", "--model", str(folder), "hi")

@@ -15,16 +15,16 @@ import torch
 from _support import requires_sandbox
 from openai_harmony import Message, Role, SystemContent
 
-from model import Sampling, harmony_encoding
-from model.demo import DEMO_CURRENT_DATE, WEIGHTS, demo_model_path, load_demo_model
-from model.demo.task import (
+from harmony_agent.model import Sampling, harmony_encoding
+from harmony_agent.model.demo import DEMO_CURRENT_DATE, WEIGHTS, demo_model_path, load_demo_model
+from harmony_agent.model.demo.task import (
     convert_units,
     held_out_tasks,
     task_messages,
     training_questions,
     write_transcripts,
 )
-from model.train.data import load_examples
+from harmony_agent.model.train.data import load_examples
 
 HELD_OUT = 24
 """Held-out questions in CI: a few seconds of CPU each, python tool included."""
@@ -86,9 +86,9 @@ def test_shipped_weights_are_small_and_load() -> None:
 
 @requires_sandbox
 def test_demo_model_answers_held_out_questions_through_the_agent() -> None:
-    from agent import Agent
-    from tools import function_tool
-    from tools.python_tool import PythonTool
+    from harmony_agent.agent import Agent
+    from harmony_agent.tools import function_tool
+    from harmony_agent.tools.python_tool import PythonTool
 
     torch.set_num_threads(1)
     tasks = held_out_tasks(HELD_OUT, exclude=training_questions())
@@ -111,8 +111,8 @@ def test_demo_model_answers_held_out_questions_through_the_agent() -> None:
 
 def test_a_conversation_that_fills_the_context_ends_with_max_context() -> None:
     """The engine's max_context bounds the run: cut mid-turn, or refused before a model call."""
-    from agent import Agent
-    from agent.terminal import turn_summary
+    from harmony_agent.agent import Agent
+    from harmony_agent.agent.terminal import turn_summary
 
     greedy = Sampling(temperature=0)
     question = "What is 37 * 41 + 5?"
@@ -138,11 +138,11 @@ def test_a_conversation_that_fills_the_context_ends_with_max_context() -> None:
 def test_running_the_demo_imports_no_training_code(tmp_path: Path) -> None:
     # A fresh process and cache: the expansion of the compact file is part of what runs.
     code = (
-        "import sys\nfrom agent.cli import main\n"
+        "import sys\nfrom harmony_agent.agent.cli import main\n"
         "code = main(['run', '--max-tokens', '64', 'What is 2 + 3?'])\n"
         # The `finetune` subcommand's argument parser is registered; nothing that trains loads.
-        "parser = {'model.train.cli', 'model.finetune_cli'}\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('model.') and m not in parser\n"
+        "parser = {'harmony_agent.model.train.cli', 'model.finetune_cli'}\n"
+        "loaded = sorted(m for m in sys.modules if 'model.' in m and m not in parser\n"
         "                and any(w in m for w in ('train.', 'finetune', 'lora')))\n"
         "print('TRAINING MODULES', loaded)\nsys.exit(code)"
     )

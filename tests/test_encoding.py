@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from model import encoding
-from model.encoding import VOCAB_FILE, EncodingError, harmony_encoding, vocab_dir
+from harmony_agent import encoding
+from harmony_agent.encoding import VOCAB_FILE, EncodingError, harmony_encoding, vocab_dir
 
 ROOT = Path(__file__).parent.parent
 
@@ -26,7 +26,7 @@ def clean_env(home: Path) -> dict[str, str]:
 
 def test_loads_offline_in_a_clean_environment(tmp_path: Path) -> None:
     code = (
-        "from model import harmony_encoding\n"
+        "from harmony_agent.encoding import harmony_encoding\n"
         "e = harmony_encoding()\n"
         "print(e.decode(e.encode('<|start|>assistant', allowed_special='all')))\n"
     )

@@ -36,7 +36,7 @@ def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
 
 
 def test_plugin_is_discovered_by_the_cli(installed_plugin: dict[str, str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "tools"], env=installed_plugin,
+    proc = subprocess.run([sys.executable, "-m", "harmony_agent", "tools"], env=installed_plugin,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "functions.get_weather  Current temperature in a city." in proc.stdout

@@ -13,10 +13,10 @@ import pytest
 import torch
 from openai_harmony import Author, Message, Role, SystemContent
 
-from model import harmony_encoding, load_model
-from model.config import ModelConfig
-from model.train import FinetuneError
-from model.train.data import (
+from harmony_agent.model import harmony_encoding, load_model
+from harmony_agent.model.config import ModelConfig
+from harmony_agent.model.train import FinetuneError
+from harmony_agent.model.train.data import (
     CompactVocab,
     Example,
     conversation_examples,
@@ -24,8 +24,8 @@ from model.train.data import (
     read_conversations,
     used_tokens,
 )
-from model.train.export import export_checkpoint
-from model.train.loop import (
+from harmony_agent.model.train.export import export_checkpoint
+from harmony_agent.model.train.loop import (
     FinetuneConfig,
     finetune,
     forward_batch,
@@ -227,7 +227,7 @@ def test_quantization_aware_steps_leave_dense_weights_to_export() -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "model.train.cli", *args],
+        [sys.executable, "-m", "harmony_agent.model.train.cli", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

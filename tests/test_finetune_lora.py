@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from model import load_model
-from model.checkpoint import write_random_checkpoint
-from model.config import ModelConfig
-from model.train.data import Example
-from model.train.loop import FinetuneConfig, finetune, forward_batch, init_transformer
-from model.train.lora import (
+from harmony_agent.model import load_model
+from harmony_agent.model.checkpoint import write_random_checkpoint
+from harmony_agent.model.config import ModelConfig
+from harmony_agent.model.train.data import Example
+from harmony_agent.model.train.loop import FinetuneConfig, finetune, forward_batch, init_transformer
+from harmony_agent.model.train.lora import (
     LoRAExperts,
     LoRALinear,
     add_lora,

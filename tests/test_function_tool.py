@@ -13,8 +13,8 @@ from openai_harmony import DeveloperContent, Message, Role
 from pydantic import BaseModel, Field, field_validator
 from typing_extensions import TypedDict
 
-from model import harmony_encoding
-from tools import FunctionTool, RunContext, ToolError, function_tool
+from harmony_agent.model import harmony_encoding
+from harmony_agent.tools import FunctionTool, RunContext, ToolError, function_tool
 
 
 class Color(enum.Enum):

@@ -6,9 +6,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from model.bench import decode_bytes_per_token
-from model.bench_device import packed_decode_bytes, run_device_bench
-from model.config import PRESETS
+from harmony_agent.model.bench import decode_bytes_per_token
+from harmony_agent.model.bench_device import packed_decode_bytes, run_device_bench
+from harmony_agent.model.config import PRESETS
 
 
 def test_device_bench_runs_and_reports(tmp_path: Path) -> None:

@@ -13,15 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model import load_model
-from model.checkpoint import (
+from harmony_agent.model import load_model
+from harmony_agent.model.checkpoint import (
     Checkpoint,
     CheckpointError,
     convert_checkpoint,
     write_random_checkpoint,
 )
-from model.config import PRESETS, ModelConfig
-from model.transformer import Block, DenseExperts
+from harmony_agent.model.config import PRESETS, ModelConfig
+from harmony_agent.model.transformer import Block, DenseExperts
 
 TINY = ModelConfig(
     num_hidden_layers=2, num_experts=4, experts_per_token=2, vocab_size=50, hidden_size=32,
@@ -175,7 +175,8 @@ def test_missing_shard_named_in_index(tmp_path: Path) -> None:
 def test_triton_backend_needs_cuda_or_the_interpreter(ckpt: Path) -> None:
     # A fresh process: in this one the triton tests may have imported triton's interpreter.
     code = (
-        f"from model import load_model; load_model({str(ckpt)!r}, device='cpu', backend='triton')"
+        "from harmony_agent.model import load_model\n"
+        f"load_model({str(ckpt)!r}, device='cpu', backend='triton')"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import load_model
-from model.checkpoint import Checkpoint
-from model.cli import add_model_commands
+from harmony_agent.model import load_model
+from harmony_agent.model.checkpoint import Checkpoint
+from harmony_agent.model.cli import add_model_commands
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import Model, Sampling, load_model
-from model.checkpoint import write_random_checkpoint
-from model.config import ModelConfig
-from model.gpt_oss import GptOss
+from harmony_agent.model import Model, Sampling, load_model
+from harmony_agent.model.checkpoint import write_random_checkpoint
+from harmony_agent.model.config import ModelConfig
+from harmony_agent.model.gpt_oss import GptOss
 
 CONFIG = ModelConfig(
     num_hidden_layers=4, num_experts=6, experts_per_token=2, vocab_size=64, hidden_size=64,
@@ -124,7 +124,7 @@ def test_seeded_sampling_is_reproducible(model: GptOss) -> None:
 
 
 def test_top_p_keeps_the_nucleus(model: GptOss) -> None:
-    from model.gpt_oss import sample
+    from harmony_agent.model.gpt_oss import sample
 
     logits = torch.tensor([5.0, 4.0, 0.0, -1.0])
     gen = torch.Generator().manual_seed(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.mxfp4 import FP4_VALUES, dequantize, quantize
+from harmony_agent.model.mxfp4 import FP4_VALUES, dequantize, quantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import mxfp4_cpu
-from model.mxfp4 import dequantize
+from harmony_agent.model import mxfp4_cpu
+from harmony_agent.model.mxfp4 import dequantize
 
 pytestmark = pytest.mark.skipif(not mxfp4_cpu.available(), reason="no C++ compiler for the kernel")
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import load_model
-from model.checkpoint import write_random_checkpoint
-from model.config import ModelConfig
-from model.transformer import Block, KVCache, rope_cos_sin, rope_inv_freq
+from harmony_agent.model import load_model
+from harmony_agent.model.checkpoint import write_random_checkpoint
+from harmony_agent.model.config import ModelConfig
+from harmony_agent.model.transformer import Block, KVCache, rope_cos_sin, rope_inv_freq
 
 transformers = pytest.importorskip("transformers")
 from transformers import GptOssConfig, GptOssForCausalLM  # noqa: E402

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from agent import Agent
-from model import ScriptedModel
-from tools import BuiltinTool, FunctionTool
-from tools.plugins import PluginError, installed_plugins, load_reference
+from harmony_agent.agent import Agent
+from harmony_agent.model import ScriptedModel
+from harmony_agent.tools import BuiltinTool, FunctionTool
+from harmony_agent.tools.plugins import PluginError, installed_plugins, load_reference
 
 MODULE = textwrap.dedent(
     '''
     from openai_harmony import ToolNamespaceConfig
-    from tools import BuiltinTool, function_tool
+    from harmony_agent.tools import BuiltinTool, function_tool
 
     @function_tool
     def shout(text: str) -> str:

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from _support import requires_sandbox
 
-import sandbox.process as sandbox_process
-from sandbox import SandboxConfig, SandboxUnavailable
-from tools.base import ToolCall
-from tools.python_tool import PythonTool
+import harmony_agent.sandbox.process as sandbox_process
+from harmony_agent.sandbox import SandboxConfig, SandboxUnavailable
+from harmony_agent.tools.base import ToolCall
+from harmony_agent.tools.python_tool import PythonTool
 
 MiB = 1 << 20
 SECRET_ENV = "HARMONY_TEST_PARENT_SECRET"
@@ -396,10 +396,10 @@ def test_aclose_leaves_nothing_running() -> None:
 
 
 def test_kernel_that_cannot_start_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sandbox.kernel
+    import harmony_agent.sandbox.kernel as sandbox_kernel
 
     monkeypatch.setattr(
-        sandbox.kernel,
+        sandbox_kernel,
         "_kernel_argv",
         lambda *a: [sys.executable, "-c", "raise SystemExit('boom')"],
     )

@@ -8,10 +8,10 @@ import secrets
 from _support import requires_sandbox
 from openai_harmony import Role
 
-from agent import Agent
-from model import ScriptedModel
-from sandbox import SandboxConfig
-from tools.python_tool import PythonTool
+from harmony_agent.agent import Agent
+from harmony_agent.model import ScriptedModel
+from harmony_agent.sandbox import SandboxConfig
+from harmony_agent.tools.python_tool import PythonTool
 
 MiB = 1 << 20
 FINAL = "<|channel|>final<|message|>done<|return|>"

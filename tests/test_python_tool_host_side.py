@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from _support import requires_sandbox
 
-from sandbox import SandboxConfig
-from tools.base import ToolCall
-from tools.python_tool import PythonTool
+from harmony_agent.sandbox import SandboxConfig
+from harmony_agent.tools.base import ToolCall
+from harmony_agent.tools.python_tool import PythonTool
 
 pytestmark = requires_sandbox
 

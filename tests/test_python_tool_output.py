@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import base64
 
-from tools._jupyter_output import OutputCollector, format_traceback, strip_ansi, truncate
+from harmony_agent.tools._jupyter_output import (
+    OutputCollector,
+    format_traceback,
+    strip_ansi,
+    truncate,
+)
 
 
 def msg(kind: str, **content: object) -> dict[str, object]:
@@ -102,6 +107,5 @@ def test_image_save_errors_and_the_image_cap_are_reported() -> None:
     c.add(msg("display_data", data=png))
     c.add(msg("display_data", data=png))
     assert c.text() == (
-        "[image not saved: No space left on device]\n"
-        "[image not saved: too many images in one call]"
+        "[image not saved: No space left on device]\n[image not saved: too many images in one call]"
     )

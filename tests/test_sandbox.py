@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from _support import requires_sandbox
 
-import sandbox.process as sandbox_process
-from sandbox import SandboxConfig, SandboxUnavailable, probe, run, spawn
+import harmony_agent.sandbox.process as sandbox_process
+from harmony_agent.sandbox import SandboxConfig, SandboxUnavailable, probe, run, spawn
 
 MiB = 1 << 20
 
@@ -218,7 +218,7 @@ def test_sandbox_dies_with_its_host_process(tmp_path: Path) -> None:
     uid = 65428
     host = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time\nfrom sandbox import SandboxConfig, spawn\n"
+         "import sys, time\nfrom harmony_agent.sandbox import SandboxConfig, spawn\n"
          f"spawn(['/bin/sh', '-c', 'sleep 300 & wait'], scratch_dir={str(tmp_path)!r},"
          f" config=SandboxConfig(uid={uid}))\ntime.sleep(300)"],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model import Model, Sampling, ScriptedModel, ScriptExhausted, harmony_encoding
+from harmony_agent.model import Model, Sampling, ScriptedModel, ScriptExhausted, harmony_encoding
 
 STOP = {200002, 200012}
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from openai_harmony import Role
 
-from agent import Agent, TranscriptError, load_transcript
-from model import ScriptedModel, harmony_encoding
-from tools import function_tool
+from harmony_agent.agent import Agent, TranscriptError, load_transcript
+from harmony_agent.model import ScriptedModel, harmony_encoding
+from harmony_agent.tools import function_tool
 
 CALL = '<|channel|>commentary to=functions.add<|message|>{"a": 2, "b": 3}<|call|>'
 FINAL = "<|channel|>final<|message|>5<|return|>"
@@ -66,9 +66,9 @@ def test_crash_loses_at_most_the_message_in_flight(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os
-        from agent import Agent
-        from model import ScriptedModel
-        from tools import function_tool
+        from harmony_agent.agent import Agent
+        from harmony_agent.model import ScriptedModel
+        from harmony_agent.tools import function_tool
 
         @function_tool
         def add(a: int, b: int) -> int:

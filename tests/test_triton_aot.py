@@ -1,9 +1,9 @@
 """Every Triton kernel configuration compiles for H100 (sm_90) and A100 (sm_80) without a GPU.
 
 One subprocess (without TRITON_INTERPRET, whose interpreted kernels cannot be compiled) runs
-`python -m model.triton.aot --json`, compiling each configuration the host code can choose at
-the real model's shapes down to a cubin; each (configuration, target) is then checked against
-the device's limits: shared memory per block, registers per thread and per SM, threads.
+`python -m harmony_agent.model.triton.aot --json`, compiling each configuration the host code can
+choose at the real model's shapes down to a cubin; each (configuration, target) is then checked
+against the device's limits: shared memory per block, registers per thread and per SM, threads.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from model.triton.common import kernel_test_mode
+from harmony_agent.model.triton.common import kernel_test_mode
 
 with kernel_test_mode():  # imports the kernel modules as the other kernel tests need them
     pytest.importorskip("triton")
-    from model.triton.aot import LIMITS, all_specs
+    from harmony_agent.model.triton.aot import LIMITS, all_specs
 
     CASES = [(spec.label, arch) for spec in all_specs() for arch in sorted(LIMITS, reverse=True)]
 
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def compiled() -> dict[tuple[str, int], dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the 3.9 default; silences its warning
-    cmd = [sys.executable, "-m", "model.triton.aot", "--json"]
+    cmd = [sys.executable, "-m", "harmony_agent.model.triton.aot", "--json"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert rows, res.stderr[-4000:]
@@ -51,7 +51,7 @@ def test_fits_the_device(
 
 
 def test_limit_check_catches_what_does_not_fit() -> None:
-    from model.triton.aot import CompileResult, check_limits
+    from harmony_agent.model.triton.aot import CompileResult, check_limits
 
     fits = CompileResult("k", 80, shared=160 * 1024, num_warps=8, registers=255, spill_bytes=0,
                          seconds=0.0)  # fmt: skip

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import Sampling, load_model
-from model.checkpoint import write_random_checkpoint
-from model.config import ModelConfig
-from model.gpt_oss import GptOss
-from model.triton.common import kernel_test_mode
-from model.triton.decode_graph import DecodeStep
+from harmony_agent.model import Sampling, load_model
+from harmony_agent.model.checkpoint import write_random_checkpoint
+from harmony_agent.model.config import ModelConfig
+from harmony_agent.model.gpt_oss import GptOss
+from harmony_agent.model.triton.common import kernel_test_mode
+from harmony_agent.model.triton.decode_graph import DecodeStep
 
 with kernel_test_mode() as MODE:
     pytest.importorskip("triton")
-    from model.triton.backend import TritonAttentionBlock, TritonBlock, TritonMLPBlock
+    from harmony_agent.model.triton.backend import TritonAttentionBlock, TritonBlock, TritonMLPBlock
 
 if MODE == "unavailable":
     pytest.skip("triton imported without the interpreter: run in a subprocess by "
@@ -116,7 +116,7 @@ def test_cuda_graph_needs_the_triton_backend(folder: Path) -> None:
 
 def test_device_bench_times_decode_with_and_without_the_graph(tmp_path: Path) -> None:
     """`bench --device cuda`'s code path on the triton backend (figures meaningless here)."""
-    from model.bench_device import run_device_bench
+    from harmony_agent.model.bench_device import run_device_bench
 
     lines: list[str] = []
     summary = run_device_bench(
@@ -130,7 +130,7 @@ def test_device_bench_times_decode_with_and_without_the_graph(tmp_path: Path) ->
 
 
 def test_lora_adapters_refuse_the_fused_blocks(folder: Path) -> None:
-    from model.train.lora import add_lora
+    from harmony_agent.model.train.lora import add_lora
 
     with pytest.raises(ValueError, match="torch backend"):
         add_lora(load(folder, triton=True).transformer, rank=2)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from model.triton.common import kernel_test_mode
+from harmony_agent.model.triton.common import kernel_test_mode
 
 with kernel_test_mode() as MODE:
     pytest.importorskip("triton")

@@ -9,17 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import ModelConfig
-from model.mxfp4 import dequantize
-from model.transformer import apply_rope, rope_cos_sin, rope_inv_freq, route
-from model.triton.common import kernel_test_mode
+from harmony_agent.model.config import ModelConfig
+from harmony_agent.model.mxfp4 import dequantize
+from harmony_agent.model.transformer import apply_rope, rope_cos_sin, rope_inv_freq, route
+from harmony_agent.model.triton.common import kernel_test_mode
 
 with kernel_test_mode() as MODE:
     pytest.importorskip("triton")
-    from model.triton import attention as triton_attention
-    from model.triton import moe as triton_moe
-    from model.triton import norm as triton_norm
-    from model.triton import rope as triton_rope
+    from harmony_agent.model.triton import attention as triton_attention
+    from harmony_agent.model.triton import moe as triton_moe
+    from harmony_agent.model.triton import norm as triton_norm
+    from harmony_agent.model.triton import rope as triton_rope
 
 # In a process that imported triton before the interpreter could be enabled (the whole suite:
 # transformers' gpt-oss imports it), test_triton_interpreter.py runs this file in a fresh one.

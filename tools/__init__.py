@@ -2,14 +2,14 @@
 
 from typing import TYPE_CHECKING, Any
 
-from sandbox import SandboxUnavailable
+from harmony_agent.sandbox import SandboxUnavailable
 
 from .base import BuiltinTool, ToolCall, ToolError
 from .function_tool import FunctionTool, function_tool
 from .run_context import RunContext
 
 if TYPE_CHECKING:
-    from .browser import BrowserTool
+    from .browser.tool import BrowserTool
     from .python_tool import PythonTool
 
 __all__ = [
@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
 
         return PythonTool
     if name == "BrowserTool":
-        from .browser import BrowserTool
+        from .browser.tool import BrowserTool
 
         return BrowserTool
     raise AttributeError(f"module 'tools' has no attribute {name!r}")

@@ -30,7 +30,7 @@ import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from openai_harmony import ToolNamespaceConfig
 
-from sandbox import (
+from harmony_agent.sandbox import (
     KernelProcess,
     SandboxConfig,
     SandboxUnavailable,
@@ -38,7 +38,7 @@ from sandbox import (
     probe,
     start_kernel,
 )
-from sandbox.uids import UidLease, lease_uid
+from harmony_agent.sandbox.uids import UidLease, lease_uid
 
 from ._jupyter_output import OutputCollector
 from .base import BuiltinTool, ToolCall

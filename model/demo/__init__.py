@@ -22,8 +22,9 @@ WEIGHTS = Path(__file__).with_name("demo.safetensors")
 
 def demo_model_path(weights: str | os.PathLike[str] | None = None) -> Path:
     """A checkpoint folder holding the demo model (expanded once, then reused)."""
+    from harmony_agent.encoding import cache_dir
+
     from ..compact import expand_compact
-    from ..encoding import cache_dir
 
     source = Path(weights) if weights is not None else WEIGHTS
     if not source.is_file():

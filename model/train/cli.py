@@ -83,7 +83,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         return 130
     except Exception as e:  # every failure is one line, no traceback
         from ..checkpoint import CheckpointError
-        from . import FinetuneError
+        from ..train import FinetuneError
 
         known = (FinetuneError, CheckpointError, ValueError, OSError)
         detail = str(e) if isinstance(e, known) else f"{type(e).__name__}: {e}"
@@ -94,10 +94,11 @@ def run_finetune(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from harmony_agent.encoding import harmony_encoding
+
     from ..checkpoint import Checkpoint
     from ..config import PRESETS, ModelConfig
-    from ..encoding import harmony_encoding
-    from . import data, export, loop
+    from ..train import data, export, loop
     from .lora import add_lora, save_adapter
 
     if args.threads:
@@ -183,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m model.train.cli ...` (the same as `harmony-agent finetune ...`)."""
+    """`python -m harmony_agent.model.train.cli ...` (the same as `harmony-agent finetune ...`)."""
     parser = argparse.ArgumentParser(prog="harmony-agent")
     add_finetune_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["finetune", *(argv if argv is not None else sys.argv[1:])])

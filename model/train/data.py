@@ -18,7 +18,6 @@ logit 0, so the full-vocabulary softmax is still exact: logsumexp over the kept 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,8 +33,10 @@ from openai_harmony import (
     Role,
 )
 
-from ..encoding import harmony_encoding
-from . import FinetuneError
+from harmony_agent.encoding import harmony_encoding
+from harmony_agent.records import RecordError, read_messages
+
+from ..train import FinetuneError
 
 
 @dataclass
@@ -50,27 +51,21 @@ class Example:
     def trained_tokens(self) -> int:
         return sum(self.loss)
 
+
 def read_conversations(path: str | os.PathLike[str]) -> list[list[Message]]:
     """The conversations of a transcript file (a system message after others starts a new one)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        messages = read_messages(path)
     except OSError as e:
         raise FinetuneError(f"{path}: cannot read ({e.strerror or e})") from None
     except UnicodeDecodeError:
         raise FinetuneError(f"{path}: not UTF-8 text") from None
+    except RecordError as e:
+        raise FinetuneError(str(e)) from None
     conversations: list[list[Message]] = []
     current: list[Message] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if record.get("type") != "message":
-                continue
-            message = Message.from_dict(record["message"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-            raise FinetuneError(f"{path}:{number}: not a transcript record ({e})") from None
+    for _, message in messages:
         if message.author.role == Role.SYSTEM and current:
             conversations.append(current)
             current = []
@@ -79,7 +74,9 @@ def read_conversations(path: str | os.PathLike[str]) -> list[list[Message]]:
         conversations.append(current)
     return conversations
 
+
 _RENDER = RenderConversationConfig(auto_drop_analysis=False)  # dropping is done per turn below
+
 
 def conversation_examples(
     messages: Sequence[Message], encoding: HarmonyEncoding | None = None, source: str = ""
@@ -102,6 +99,7 @@ def conversation_examples(
         turn = list(messages[previous + 1 : end + 1])
         examples.append(_render_example([*context, *turn], len(context), encoding, source))
     return examples
+
 
 def _render_example(
     messages: list[Message], first_trained: int, encoding: HarmonyEncoding, source: str
@@ -144,6 +142,7 @@ def _render_example(
         loss[a:b] = [True] * (b - a)
     return Example(tokens, loss, source)
 
+
 def load_examples(
     paths: Iterable[str | os.PathLike[str]],
     *,
@@ -166,6 +165,7 @@ def load_examples(
     if not examples:
         raise FinetuneError("no training examples in the given transcripts")
     return examples
+
 
 class CompactVocab:
     """A sorted set of token ids kept as embedding rows; every other row is zero."""
@@ -191,6 +191,7 @@ class CompactVocab:
     @property
     def zero_rows(self) -> int:
         return self.vocab_size - len(self.ids)
+
 
 def used_tokens(examples: Iterable[Example], encoding: HarmonyEncoding) -> set[int]:
     """Tokens of the examples plus every 1-3 digit number token: any number the model may have

@@ -11,8 +11,8 @@ import torch
 from ..checkpoint import Layout, expected_shapes, repack, write_checkpoint
 from ..compact import write_compact
 from ..config import ModelConfig
+from ..train import FinetuneError
 from ..transformer import Transformer
-from . import FinetuneError
 from .data import CompactVocab
 from .lora import merged_state
 
@@ -31,11 +31,13 @@ def canonical_tensors(
             t = full
         yield name, t.to(dtype).clone()  # a copy: tied weights must not share storage on disk
 
+
 def _state_name(name: str) -> str:
     """Checkpoint name -> state-dict name of a dense-expert Transformer."""
     for p in ("mlp1_weight", "mlp1_bias", "mlp2_weight", "mlp2_bias"):
         name = name.replace(f"mlp.{p}", f"mlp.experts.{p}")
     return name
+
 
 def export_checkpoint(
     tf: Transformer,
@@ -55,6 +57,7 @@ def export_checkpoint(
         raise FinetuneError("MXFP4 experts need hidden_size and intermediate_size multiples of 32")
     tensors = repack(canonical_tensors(tf, vocab=vocab, dtype=dtype), mxfp4, dtype)
     return write_checkpoint(path, config, tensors, layout=layout, packed=mxfp4)
+
 
 def save_compact(
     tf: Transformer,

@@ -22,6 +22,7 @@ from torch import nn
 from ..checkpoint import Checkpoint, repack
 from ..config import ModelConfig
 from ..mxfp4 import dequantize, quantize
+from ..train import FinetuneError
 from ..transformer import (
     AttentionBlock,
     DenseExperts,
@@ -31,7 +32,6 @@ from ..transformer import (
     rope_cos_sin,
     rope_inv_freq,
 )
-from . import FinetuneError
 from .data import CompactVocab, Example
 
 # --- models ------------------------------------------------------------------------------------
@@ -58,6 +58,7 @@ def init_transformer(config: ModelConfig, *, seed: int = 0) -> Transformer:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     return tf
 
+
 def load_trainable(path: str | os.PathLike[str]) -> Transformer:
     """A checkpoint (either layout, MXFP4 or dense experts) as an fp32 model with dense experts."""
     from ..loading import _module_name
@@ -67,6 +68,7 @@ def load_trainable(path: str | os.PathLike[str]) -> Transformer:
     state = {_module_name(n): t.float() for n, t in repack(ckpt.tensors(), False, torch.float32)}
     tf.load_state_dict(state, strict=True)
     return tf
+
 
 def shrink_vocab(tf: Transformer, vocab: CompactVocab) -> Transformer:
     """The same model with only `vocab`'s embedding and unembedding rows (in place)."""
@@ -89,6 +91,7 @@ def shrink_vocab(tf: Transformer, vocab: CompactVocab) -> Transformer:
     tf.embedding, tf.unembedding = emb, unemb
     return tf
 
+
 def tie_embeddings(tf: Transformer) -> Transformer:
     """Share one matrix between the embedding and the unembedding (in place) while training.
 
@@ -101,6 +104,7 @@ def tie_embeddings(tf: Transformer) -> Transformer:
     tf.unembedding.weight = tf.embedding.weight
     return tf
 
+
 def zero_rows_outside(tf: Transformer, ids: Iterable[int]) -> None:
     """Zero the embedding and unembedding rows of every token not in `ids` (in place)."""
     keep = torch.zeros(tf.embedding.weight.shape[0], dtype=torch.bool)
@@ -108,6 +112,7 @@ def zero_rows_outside(tf: Transformer, ids: Iterable[int]) -> None:
     with torch.no_grad():
         tf.embedding.weight[~keep] = 0
         tf.unembedding.weight[~keep] = 0
+
 
 def rope_buffers(tf: Transformer) -> None:
     """Recompute the non-persistent RoPE buffer (after building a model on the meta device)."""
@@ -148,6 +153,7 @@ def forward_batch(
     xs = tf.norm(xs)
     return xs if hidden else tf.unembedding(xs)
 
+
 def _attention_batch(
     attn: AttentionBlock,
     x: torch.Tensor,
@@ -181,11 +187,13 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, zero_rows: int = 0
         lse = torch.logaddexp(lse, torch.tensor(math.log(zero_rows), device=lse.device))
     return lse - logits.gather(-1, targets[..., None])[..., 0]
 
+
 def fake_mxfp4(w: torch.Tensor) -> torch.Tensor:
     """`w` rounded to MXFP4 in the forward, identity in the backward (straight-through)."""
     blocks, scales = quantize(w.detach())
     q = dequantize(blocks, scales, torch.float32).view(w.shape).to(w.dtype)
     return w + (q - w).detach()
+
 
 class FakeQuantExperts(nn.Module):
     """Dense experts that compute with their MXFP4 rounding (model surgery for QAT)."""
@@ -211,6 +219,7 @@ class FakeQuantExperts(nn.Module):
         w1, b1, w2, b2 = self.dense.gather(ids, dtype)
         return fake_mxfp4(w1), b1, fake_mxfp4(w2), b2
 
+
 def set_quantization_aware(tf: Transformer, on: bool) -> None:
     """Swap every block's dense experts for fake-quantised ones (or back)."""
     for block in tf.block:
@@ -219,6 +228,7 @@ def set_quantization_aware(tf: Transformer, on: bool) -> None:
             block.mlp.experts = FakeQuantExperts(experts)  # type: ignore[assignment]
         elif not on and isinstance(experts, FakeQuantExperts):
             block.mlp.experts = experts.dense
+
 
 @dataclass
 class FinetuneConfig:
@@ -242,6 +252,7 @@ class FinetuneConfig:
     quantization_aware_steps: int = 0
     """The last N steps compute experts with their MXFP4 rounding (straight-through)."""
 
+
 @dataclass
 class TrainStats:
     losses: list[float] = field(default_factory=list)
@@ -254,8 +265,10 @@ class TrainStats:
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
+
 StepCallback = Callable[[int, float, float], None]
 """on_step(step, loss, tokens_per_second)."""
+
 
 def finetune(
     tf: Transformer,
@@ -318,6 +331,7 @@ def finetune(
         tf.eval()
     return stats
 
+
 def shared_prefix(tokens: torch.Tensor, mask: torch.Tensor) -> int:
     """How many leading tokens every row shares and no trained token needs as a position."""
     same = (tokens == tokens[:1]).all(dim=0)  # (T,)
@@ -326,12 +340,14 @@ def shared_prefix(tokens: torch.Tensor, mask: torch.Tensor) -> int:
     first = int(trained[0]) if len(trained) else tokens.shape[1]
     return max(0, min(common, first - 1))
 
+
 def _lr(step: int, config: FinetuneConfig) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
 
 def _batches(
     examples: Sequence[Example], size: int, rng: random.Random, vocab: CompactVocab | None
@@ -354,6 +370,7 @@ def _batches(
         if vocab is not None:
             tokens = vocab.compact(tokens)
         yield tokens, mask, sum(len(e.tokens) for e in chosen)
+
 
 def progress_printer(
     total: int, *, every: int = 50, show_bar: bool | None = None

@@ -1,9 +1,10 @@
 """Compile every Triton kernel configuration for H100 / A100 without a GPU and check its limits.
 
-`python -m model.triton.aot [--json] [--arch 90 80]` compiles each `KernelSpec` the kernel
-modules list down to a cubin (the triton wheel bundles ptxas) and reports shared memory, warps
-and registers (read from the cubin with the bundled cuobjdump). Run it in a process without
-TRITON_INTERPRET: under the interpreter `@triton.jit` makes functions that cannot be compiled.
+`python -m harmony_agent.model.triton.aot [--json] [--arch 90 80]` compiles each `KernelSpec`
+the kernel modules list down to a cubin (the triton wheel bundles ptxas) and reports shared
+memory, warps and registers (read from the cubin with the bundled cuobjdump). Run it in a
+process without TRITON_INTERPRET: under the interpreter `@triton.jit` makes functions that
+cannot be compiled.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class CompileResult:
 
 
 def all_specs() -> list[KernelSpec]:
-    from . import attention, moe, norm, rope
+    from ..triton import attention, moe, norm, rope
 
     return [
         *moe.aot_specs(),
@@ -143,7 +144,9 @@ def check_limits(result: CompileResult) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.triton.aot", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m harmony_agent.model.triton.aot", description=__doc__
+    )
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)

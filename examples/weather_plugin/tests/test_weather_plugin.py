@@ -10,8 +10,8 @@ from __future__ import annotations
 from openai_harmony import Role
 from weather_plugin import TOOLS
 
-from agent import Agent
-from model import ScriptedModel
+from harmony_agent.agent import Agent
+from harmony_agent.model import ScriptedModel
 
 
 def call(tool: str, arguments: str) -> str:
@@ -40,7 +40,7 @@ def test_the_model_sees_the_tool_schema() -> None:
     model = ScriptedModel([final("ok")])
     Agent(model, tools=TOOLS).run("hi")
     prompt = model.prompts[0]
-    from model import harmony_encoding
+    from harmony_agent.model import harmony_encoding
 
     text = harmony_encoding().decode(prompt)
     assert 'unit?: "celsius" | "fahrenheit", // default: celsius' in text

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from tools import ToolError, function_tool
+from harmony_agent.tools import ToolError, function_tool
 
 _CELSIUS = {"paris": 18.0, "oslo": 4.0, "cairo": 31.0, "lima": 19.5}
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from urllib.parse import urlsplit
 
-from ._browser_policy import NetworkPolicy, Refused, Target
+from .policy import NetworkPolicy, Refused, Target
 
 REFUSED_HEADER = "X-Browser-Refused"
 """Set on the proxy's own 403 answers, so the tool can tell a refusal from a site's 403."""

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlencode
 
-from ._browser_pages import SearchResult
-from ._html_text import html_to_text
+from .html_text import html_to_text
+from .pages import SearchResult
 
 USER_AGENT = "harmony-agent-browser/0.1"
 

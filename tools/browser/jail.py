@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import weakref
 
-from sandbox import CgroupSet, UidLease, lease_uid
+from harmony_agent.sandbox import CgroupSet, UidLease, lease_uid
 
 
 class JailUnavailable(Exception):

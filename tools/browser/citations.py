@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from ._browser_pages import PageStack, strip_link_markers
-from ._html_text import domain_of
+from .html_text import domain_of
+from .pages import PageStack, strip_link_markers
 
 CITATION = re.compile(r"【(\d+)†L(\d+)(?:\s*-\s*L?(\d+))?】")
 _FRAGMENT_WORDS = 5

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from ._html_text import html_to_text
+from .html_text import html_to_text
 
 WRAP_WIDTH = 80
 VIEW_TOKENS = 1024
@@ -76,7 +76,7 @@ TokenCounter = Callable[[str, int], int]
 
 @functools.cache
 def _encoding():  # type: ignore[no-untyped-def]
-    from model import harmony_encoding
+    from harmony_agent.encoding import harmony_encoding
 
     return harmony_encoding()
 

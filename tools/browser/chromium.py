@@ -19,16 +19,24 @@ import contextlib
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox import CgroupSet
+from harmony_agent.sandbox import CgroupSet
 
-from ._browser_jail import ChromiumJail, JailUnavailable
-from ._browser_policy import NetworkPolicy, Refused
-from ._browser_proxy import REFUSED_HEADER, PolicyProxy
-from ._html_text import decode_text, undo_windows_1252
+from .download import (
+    DownloadError,
+    DownloadHTTPError,
+    DownloadRefused,
+    DownloadTooLarge,
+    download,
+)
+from .html_text import decode_text, undo_windows_1252
+from .jail import ChromiumJail, JailUnavailable
+from .policy import NetworkPolicy, Refused
+from .proxy import REFUSED_HEADER, PolicyProxy
 
 CHROMIUM_ENV = "HARMONY_AGENT_CHROMIUM"
 _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -420,12 +428,7 @@ class Chromium:
                 load.cancel()
             await asyncio.gather(load, oversize, return_exceptions=True)
         if self._oversize.is_set():
-            limit = self.max_page_bytes
-            size = f"{limit / (1 << 20):.3g} MB" if limit >= 1 << 20 else f"{limit} bytes"
-            raise FetchError(
-                f"Error fetching URL `{url}`: the page is too large (larger than {size} once "
-                "decoded); it was not loaded."
-            )
+            raise FetchError(self._too_large(url))
         if load.cancelled():
             raise TimeoutError
         return load.result()
@@ -577,25 +580,57 @@ class Chromium:
             await asyncio.sleep(0.02)
 
     async def _download(self, url: str) -> Fetched:
-        # The context's request client goes through the same proxy, so the policy still holds.
-        response = await self._context.request.get(url, timeout=self.load_timeout * 1000)
-        if refused := response.headers.get(REFUSED_HEADER.lower()):
-            latest = self._proxy.refusals[-1] if self._proxy and self._proxy.refusals else None
-            raise FetchError(latest or refused)
-        if response.status >= 400:
-            raise FetchError(
-                f"Error fetching URL `{url}`: the server answered HTTP {response.status}."
+        """Fetch a document Chromium does not show (a PDF, an attachment) from the host, through
+        the same proxy, bounded by decoded size: not with Playwright's request client, whose
+        Node driver (a root host process) decodes without a bound (see `download`)."""
+        cancelled = threading.Event()  # a cancelled load stops the thread at its next read
+        try:
+            got = await asyncio.to_thread(
+                download,
+                url,
+                proxy=self._proxy.url if self._proxy is not None else None,
+                max_bytes=self.max_page_bytes,
+                timeout=self.load_timeout,
+                cancelled=cancelled,
             )
-        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = self._limit(await response.body(), url)
-        return Fetched(response.url, response.status, content_type, body=body)
+        except DownloadRefused as e:
+            raise FetchError(self._proxy_refusal(str(e))) from e
+        except DownloadTooLarge as e:
+            raise FetchError(self._too_large(url)) from e
+        except DownloadHTTPError as e:
+            raise FetchError(
+                f"Error fetching URL `{url}`: the server answered HTTP {e.status}."
+            ) from e
+        except TimeoutError as e:
+            raise FetchError(
+                f"Error fetching URL `{url}`: timed out after {self.load_timeout:g} s."
+            ) from e
+        except DownloadError as e:
+            raise FetchError(f"Error fetching URL `{url}`: {e}.") from e
+        finally:
+            cancelled.set()
+        return Fetched(got.url, got.status, got.content_type, body=got.body)
+
+    def _proxy_refusal(self, shown: str) -> str:
+        """The proxy's full refusal message behind its (ASCII) refusal header `shown`."""
+        refusals = self._proxy.refusals if self._proxy is not None else []
+        for refusal in reversed(refusals):
+            if refusal.encode("ascii", "replace").decode() == shown:
+                return refusal
+        return refusals[-1] if refusals else shown
+
+    def _too_large(self, url: str) -> str:
+        """What the model reads when a response is over `max_page_bytes` once decoded."""
+        limit = self.max_page_bytes
+        size = f"{limit / (1 << 20):.3g} MB" if limit >= 1 << 20 else f"{limit} bytes"
+        return (
+            f"Error fetching URL `{url}`: the page is too large (larger than {size} once "
+            "decoded); it was not loaded."
+        )
 
     def _limit(self, body: bytes, url: str) -> bytes:
         if len(body) > self.max_page_bytes:
-            raise FetchError(
-                f"Error fetching URL `{url}`: the document is too large ({len(body)} bytes, "
-                f"limit {self.max_page_bytes})."
-            )
+            raise FetchError(self._too_large(url))
         return body
 
 

@@ -2,7 +2,7 @@
 
 The model sees pages as gpt-oss was trained to see them (DESIGN.md §6): a stack of pages, each
 shown as numbered lines in ~1024-token views, links as `【{id}†text】`. By default only public
-internet hosts can be reached, whatever the page tries (see `_browser_policy`).
+internet hosts can be reached, whatever the page tries (see `policy`).
 
     tool = BrowserTool()                                  # public web; search from env vars
     tool = BrowserTool(search_backend=LocalSearchBackend([...]))   # offline search
@@ -20,51 +20,26 @@ from typing import Any
 
 from openai_harmony import ToolNamespaceConfig
 
-from ._browser_chromium import MEMORY_BYTES, Chromium, Fetched, FetchError
-from ._browser_citations import Citation, CitedText, resolve_citations
-from ._browser_pages import (
+from ..base import BuiltinTool, ToolCall, ToolError
+from .chromium import MEMORY_BYTES, Chromium, Fetched, FetchError
+from .citations import CitedText, resolve_citations
+from .html_text import decode_text, domain_of, html_to_text, plain_text_page, with_url_line
+from .pages import (
     VIEW_TOKENS,
     Page,
     PageStack,
-    SearchResult,
     TokenCounter,
-    approximate_prefix_chars,
     find_page,
     harmony_prefix_chars,
     render_view,
     search_page,
 )
-from ._browser_policy import NetworkPolicy, Refused
-from ._browser_search import (
-    DuckDuckGoBackend,
-    ExaBackend,
-    LocalDocument,
-    LocalSearchBackend,
+from .policy import NetworkPolicy, Refused
+from .search import (
     SearchBackend,
     SearchError,
-    SearxngBackend,
-    YouComBackend,
     backend_from_env,
 )
-from ._html_text import decode_text, domain_of, html_to_text, plain_text_page, with_url_line
-from .base import BuiltinTool, ToolCall, ToolError
-
-__all__ = [
-    "BrowserTool",
-    "Citation",
-    "CitedText",
-    "DuckDuckGoBackend",
-    "ExaBackend",
-    "LocalDocument",
-    "LocalSearchBackend",
-    "SearchBackend",
-    "SearchError",
-    "SearchResult",
-    "SearxngBackend",
-    "YouComBackend",
-    "approximate_prefix_chars",
-    "backend_from_env",
-]
 
 _DEFAULT = object()
 

@@ -1,6 +1,6 @@
 """How fast the browser is: Chromium start, first page open, warm page open.
 
-    python -m tools._browser_bench [--repeats 10] [--url URL]
+    python benchmarks/browser.py [--repeats 10] [--url URL]
 
 Without `--url` it serves a generated article (~60 KB of HTML, 200 paragraphs, 100 links, a
 script) on 127.0.0.1 and opens it through the default safety policy (an allow-list for that one
@@ -16,7 +16,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .browser import BrowserTool
+from harmony_agent.tools import BrowserTool
 
 
 def article() -> bytes:
