@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import peak_memory, rss_bytes
 
 from harmony_agent.tools.base import ToolCall, ToolError
 from harmony_agent.tools.browser import BrowserTool, FetchError, PageStack, find_chromium
@@ -338,15 +339,6 @@ def test_page_memory_is_limited_and_the_next_call_works(tool, call, site):
     assert_normal_page_opens(call, site)
 
 
-def rss_bytes(pid: int | str = "self") -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0  # gone
-    line = next((line for line in status.splitlines() if line.startswith("VmRSS:")), None)
-    return int(line.split()[1]) * 1024 if line else 0
-
-
 def playwright_drivers() -> list[int]:
     """Playwright's Node driver: a host process (root, where the host is), outside Chromium's
     memory group."""
@@ -368,27 +360,13 @@ def test_pdf_gzip_bomb_is_refused_without_host_memory(tool, call, site):
     def sample() -> int:
         return sum(rss_bytes(pid) for pid in host)
 
-    baseline = peak = sample()
-    done = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, sample())
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
     started = time.monotonic()
-    try:
+    with peak_memory(sample) as memory:
         with pytest.raises(ToolError, match=r"too large \(larger than 5 MB once decoded\)"):
             call("open", id=f"{site.url}/pdf-bomb.pdf")
         elapsed = time.monotonic() - started
         time.sleep(0.5)  # whatever is still decoding in the background shows up meanwhile
-    finally:
-        done.set()
-        watcher.join()
-    grown = (peak - baseline) / MiB
+    grown = memory.grown_mib
     print(
         f"\nhost RSS growth on a {PDF_BOMB_BYTES >> 20} MB gzipped PDF: {grown:.0f} MiB"
         f" (this process and {len(drivers)} Playwright driver(s)), refused in {elapsed:.1f} s"

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _support import requires_sandbox
+from _support import peak_memory, requires_sandbox
 
 from harmony_agent.sandbox import SandboxConfig
 from harmony_agent.tools.base import ToolCall
@@ -144,53 +144,30 @@ def test_a_link_loop_is_skipped_without_naming_host_paths(tool) -> None:
     assert call(tool_, "print(6 * 7)", loop) == "42"
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_an_output_flood_keeps_host_memory_and_the_timeout() -> None:
     timeout, grace = 6.0, 2.0
     tool = PythonTool(timeout=timeout, interrupt_grace=grace)
     loop = asyncio.new_event_loop()
-    peak = baseline = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss_bytes())
-            time.sleep(0.01)
 
     def timed(code: str) -> tuple[str, float]:
         start = time.monotonic()
         out = call(tool, code, loop)
         return out, time.monotonic() - start
 
-    sampler = threading.Thread(target=sample)
     try:
         assert call(tool, "1", loop) == "1"
-        peak = baseline = _rss_bytes()
-        sampler.start()
-        # 300 MiB of output, then a wait into the timeout.
-        flood, flood_s = timed(
-            "import sys, time\nline = 'x' * (1 << 20)\n"
-            "for i in range(300):\n    sys.stdout.write(line)\n"
-            "print('\\nFLOOD DONE', flush=True)\ntime.sleep(60)"
-        )
-        # Printing without end: the kernel itself drowns in its buffer and must be restarted.
-        endless, endless_s = timed(
-            "import sys\nline = 'x' * (1 << 20)\nwhile True:\n    sys.stdout.write(line)"
-        )
-    finally:
-        done.set()
-        if sampler.is_alive():
-            sampler.join()
-    try:
-        grown = (peak - baseline) / MiB
+        with peak_memory() as memory:
+            # 300 MiB of output, then a wait into the timeout.
+            flood, flood_s = timed(
+                "import sys, time\nline = 'x' * (1 << 20)\n"
+                "for i in range(300):\n    sys.stdout.write(line)\n"
+                "print('\\nFLOOD DONE', flush=True)\ntime.sleep(60)"
+            )
+            # Printing without end: the kernel itself drowns in its buffer and must be restarted.
+            endless, endless_s = timed(
+                "import sys\nline = 'x' * (1 << 20)\nwhile True:\n    sys.stdout.write(line)"
+            )
+        grown = memory.grown_mib
         print(
             f"\nhost RSS grew {grown:.0f} MiB during the floods; they took {flood_s:.1f} s and "
             f"{endless_s:.1f} s ({max(flood_s, endless_s) - timeout:+.1f} s past the timeout)"
