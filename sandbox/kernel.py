@@ -156,9 +156,12 @@ del _cap_streams
 
 
 def _kernel_argv(connection_file: str, stream_chars: int | None) -> list[str]:
-    # History is off: it would keep an SQLite file and a thread for nothing a model uses.
+    # -I: the working directory (/mnt/data, the model's to write) is not on sys.path while the
+    # kernel starts, so a planted `ipykernel_launcher.py` or `zmq.py` cannot replace it; IPython
+    # adds it afterwards, behind the standard library, as in any notebook. History is off: it
+    # would keep an SQLite file and a thread for nothing a model uses.
     argv = [
-        sys.executable, "-m", "ipykernel_launcher", "-f", connection_file,
+        sys.executable, "-I", "-m", "ipykernel_launcher", "-f", connection_file,
         "--HistoryManager.enabled=False",
     ]  # fmt: skip
     if stream_chars is not None:

@@ -222,3 +222,18 @@ def test_a_new_event_loop_does_not_follow_swapped_kernel_sockets(tmp_path: Path)
     finally:
         asyncio.run(tool.aclose())
         lure.close()
+
+
+def test_files_planted_in_mnt_data_do_not_run_when_the_kernel_starts(tool) -> None:
+    tool_, loop = tool
+    planted = "open('/mnt/data/HIJACKED', 'w').write('ran at start-up')\n"
+    out = call(
+        tool_,
+        "for name in ('ipykernel_launcher', 'ipykernel', 'zmq', 'traitlets', 'tornado'):\n"
+        f"    open(f'/mnt/data/{{name}}.py', 'w').write({planted!r})\n"
+        "import os\nos._exit(1)",
+        loop,
+    )
+    assert "restarted" in out
+    assert call(tool_, "print(6 * 7)", loop) == "42"
+    assert not (tool_.data_dir / "HIJACKED").exists()
