@@ -57,26 +57,30 @@ def read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     return nbytes / best
 
 
-def decode_bytes_per_token(c: ModelConfig, context: int, weight_bytes: float = 2.0) -> float:
-    """Bytes read per decoded token at batch 1: active weights, KV cache, one embedding row."""
+MXFP4_BYTES = 17 / 32
+"""Bytes per MXFP4 weight: 16 bytes of 4-bit codes and one scale byte per 32 weights."""
+
+
+def decode_bytes_per_token(c: ModelConfig, context: int, *, packed_experts: bool) -> float:
+    """Bytes read per decoded token at batch 1: active weights, KV cache, one embedding row.
+    Everything is bf16 (2 bytes) but the active experts' weights when `packed_experts` (MXFP4)."""
     h, i = c.hidden_size, c.intermediate_size
-    per_layer = weight_bytes * (
-        h * c.qkv_dim
-        + c.num_attention_heads * c.head_dim * h
-        + c.num_experts * h  # qkv out gate
-        + c.experts_per_token * (2 * i * h + h * i)  # active experts
-    ) + weight_bytes * (c.qkv_dim + h + c.num_experts + c.experts_per_token * (2 * i + h))
+    expert_bytes = MXFP4_BYTES if packed_experts else 2.0
+    per_layer = 2.0 * (h * c.qkv_dim + c.num_attention_heads * c.head_dim * h + c.num_experts * h)
+    per_layer += expert_bytes * c.experts_per_token * 3 * i * h  # mlp1 (2i x h) and mlp2 (h x i)
+    per_layer += 2.0 * (c.qkv_dim + h + c.num_experts + c.experts_per_token * (2 * i + h))  # biases
     kv = 0.0
     for layer in range(c.num_hidden_layers):
         seen = min(context, c.sliding_window) if c.is_sliding(layer) else context
-        kv += 2 * seen * c.num_key_value_heads * c.head_dim * weight_bytes
-    return c.num_hidden_layers * per_layer + kv + weight_bytes * h * (c.vocab_size + 1)  # fmt: skip
+        kv += 2 * seen * c.num_key_value_heads * c.head_dim * 2.0
+    return c.num_hidden_layers * per_layer + kv + 2.0 * h * (c.vocab_size + 1)
 
 
 class OursRunner:
     """Our engine: timed prefill of the prompt, then greedy decode through generate()."""
 
     def __init__(self, path: Path, experts: Experts) -> None:
+        from .checkpoint import Checkpoint
         from .loading import load_model
 
         t0 = time.perf_counter()
@@ -85,6 +89,7 @@ class OursRunner:
         )
         self.load_s = time.perf_counter() - t0
         self.name = f"ours (experts: {experts})"
+        self.packed_experts = experts == "mxfp4" or (experts == "auto" and Checkpoint(path).packed)
 
     def run(self, prompt: list[int], n_decode: int) -> tuple[float, float, list[int]]:
         from .protocol import Sampling
@@ -114,6 +119,7 @@ class TransformersRunner:
         self.load_s = time.perf_counter() - t0
         impl = getattr(self.m.config, "_experts_implementation", None)
         self.name = f"transformers (experts: {impl})"
+        self.packed_experts = False  # on the CPU it computes with bf16 experts
 
     @torch.inference_mode()
     def run(self, prompt: list[int], n_decode: int) -> tuple[float, float, list[int]]:
@@ -196,10 +202,14 @@ def run_bench(
                tokens[x.name])
         for x in runners
     ]  # fmt: skip
+    context = prompt_len + decode_tokens // 2
+    # What each engine reads per token: MXFP4 experts are 17/32 byte a weight, not 2.
+    nbytes = {
+        r.name: decode_bytes_per_token(config, context, packed_experts=r.packed_experts)
+        for r in runners
+    }
     del runners
     gc.collect()
-    nbytes = decode_bytes_per_token(config, prompt_len + decode_tokens // 2)
-    roofline = bw / nbytes
     print_fn(
         f"checkpoint {checkpoint} | {config.num_hidden_layers} layers, "
         f"{config.num_experts} experts top-{config.experts_per_token}, "
@@ -208,22 +218,22 @@ def run_bench(
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
     print_fn(
-        f"bandwidth: copy {copy_bw / 1e9:.1f} GB/s (read + write), read {read_bw / 1e9:.1f} GB/s; "
-        f"decode reads {nbytes / 1e9:.2f} GB "
-        f"per token -> roofline {roofline:.1f} tok/s"
+        f"bandwidth: copy {copy_bw / 1e9:.1f} GB/s (read + write), read {read_bw / 1e9:.1f} GB/s"
     )
     for r in results:
+        roofline = bw / nbytes[r.name]
         print_fn(
             f"{r.name:32s} prefill {r.prefill_tok_s:7.1f} tok/s  "
             f"decode {r.decode_tok_s:6.2f} tok/s "
-            f"({100 * r.decode_tok_s / roofline:4.1f}% of roofline, "
-            f"{r.decode_tok_s * nbytes / 1e9:5.1f} GB/s)  load {r.load_s:5.1f} s"
+            f"({100 * r.decode_tok_s / roofline:4.1f}% of its roofline {roofline:.1f}: "
+            f"{nbytes[r.name] / 1e9:.2f} GB/token, {r.decode_tok_s * nbytes[r.name] / 1e9:5.1f} "
+            f"GB/s)  load {r.load_s:5.1f} s"
         )
     summary: dict[str, object] = {
         "config": config.to_reference_json(),
         "copy_bandwidth_gb_s": copy_bw / 1e9,
         "read_bandwidth_gb_s": read_bw / 1e9,
-        "decode_gb_per_token": nbytes / 1e9,
+        "decode_gb_per_token": {name: n / 1e9 for name, n in nbytes.items()},
         "results": [dataclasses.asdict(r) for r in results],
     }
     if len(results) == 2:

@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 
 from .bench import decode_bytes_per_token
-from .config import PRESETS, ModelConfig
+from .config import PRESETS
 from .gpt_oss import GptOss
 from .protocol import Sampling
-
-MXFP4_BYTES = 17 / 32  # 16 bytes of nibbles and one scale byte per 32 weights
 
 
 def device_bandwidth(device: torch.device, nbytes: int = 2 << 30, repeats: int = 10) -> float:
@@ -39,15 +37,6 @@ def device_bandwidth(device: torch.device, nbytes: int = 2 << 30, repeats: int =
         _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * nbytes / best
-
-
-def packed_decode_bytes(config: ModelConfig, context: int) -> float:
-    """`decode_bytes_per_token` with the active experts read as MXFP4 instead of bf16."""
-    c = config
-    expert_weights = (
-        c.num_hidden_layers * c.experts_per_token * 3 * c.intermediate_size * (c.hidden_size)
-    )
-    return decode_bytes_per_token(c, context) - expert_weights * (2.0 - MXFP4_BYTES)
 
 
 def run_device_bench(
@@ -99,7 +88,7 @@ def run_device_bench(
             model.cuda_graph = False
             eager_tok_s = _decode_tok_s(model, prompt, decode_tokens)
             model.cuda_graph = True
-        nbytes = packed_decode_bytes(config, n + decode_tokens // 2)
+        nbytes = decode_bytes_per_token(config, n + decode_tokens // 2, packed_experts=True)
         rows.append({
             "prompt_tokens": n,
             "prefill_tok_s": n / prefill_s,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,13 @@ def test_bench_runs_on_a_tiny_checkpoint(
 ) -> None:
     args = ["--preset", "tiny", "--layers", "2", "--prompt-len", "12", "--decode", "3"]
     args += ["--rounds", "1", "--bandwidth-mib", "16", "--threads", "1"]
-    args += ["--workdir", str(tmp_path)]
+    args += ["--workdir", str(tmp_path), "--our-experts", "mxfp4"]
     code = run("bench", *args)
     assert code == 0
     out = capsys.readouterr().out
     assert "ours / transformers: decode" in out and "roofline" in out
+    # Each engine's roofline counts what it reads: packed experts at 17/32 byte a weight.
+    per_token = json.loads((tmp_path / "last_bench.json").read_text())["decode_gb_per_token"]
+    ours = next(v for k, v in per_token.items() if k.startswith("ours"))
+    theirs = next(v for k, v in per_token.items() if k.startswith("transformers"))
+    assert ours < theirs
