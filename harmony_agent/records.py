@@ -28,7 +28,8 @@ def read_messages(path: str | os.PathLike[str]) -> list[tuple[int, Message]]:
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
+    # Only "\n" ends a record: text may hold U+2028 and the like, which splitlines() splits on.
+    lines = text.removesuffix("\n").split("\n") if text else []
     torn = len(lines) if text and not text.endswith("\n") else None
     messages = []
     for number, line in enumerate(lines, 1):

@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..sandbox import host_files
+from . import host_files
 from .config import SandboxConfig
 from .process import SCRATCH, SandboxedProcess, probe, spawn
 from .uids import UidLease, lease_uid
@@ -121,8 +120,7 @@ class _Runtime:
         for fd in self._pins.values():
             os.close(fd)
         self._pins.clear()
-        # rmtree works through directory descriptors and never follows a link.
-        shutil.rmtree(self.root, ignore_errors=True)
+        host_files.remove_tree(self.root)
 
 
 # Run in the kernel at start. ipykernel sends what was printed since its last flush (every
@@ -242,9 +240,11 @@ class SandboxedKernel:
         return self._runtime.stderr_tail()
 
     def kill(self) -> None:
-        self._proc.kill()
-        self._runtime.remove()
-        self._release_uid()
+        try:
+            self._proc.kill()
+            self._runtime.remove()
+        finally:
+            self._release_uid()
 
     def _release_uid(self) -> None:
         if self._lease is not None:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from ..sandbox import _cgroup, _seccomp, host_files, uids
+from . import _cgroup, _seccomp, host_files, uids
 from .config import SandboxConfig
 
 log = logging.getLogger(__name__)
@@ -240,13 +240,13 @@ def spawn(
     config = config or SandboxConfig()
     support = probe(config)
     lease = None
-    if support.as_root:
-        if config.uid is None:
-            lease = uids.lease_uid()
-            config = replace(config, uid=lease.uid)
-        assert config.uid is not None
-        adopt_scratch(scratch_dir, config.uid)
+    if support.as_root and config.uid is None:
+        lease = uids.lease_uid()
+        config = replace(config, uid=lease.uid)
     try:
+        if support.as_root:
+            assert config.uid is not None
+            adopt_scratch(scratch_dir, config.uid)
         proc = _spawn(
             support, argv, config, os.fspath(scratch_dir), env=env, binds=binds,
             stdin=stdin, stdout=stdout, stderr=stderr, lease=lease,

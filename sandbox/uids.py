@@ -14,6 +14,8 @@ import fcntl
 import os
 import pwd
 import random
+import signal
+import time
 
 FIRST_UID = 1_879_048_192
 """Start of the leased range: systemd's documented unused uids (1879048192-2147483647)."""
@@ -33,7 +35,10 @@ class UidLease:
         self._fd: int | None = lock_fd
 
     def release(self) -> None:
+        """Kill whatever still runs as the uid (a process that escaped its group, say: the uid
+        is ours alone, and its next holder must not share it), then give the uid back."""
         if self._fd is not None:
+            kill_processes_of(self.uid)
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
@@ -64,6 +69,27 @@ def lease_uid() -> UidLease:
     finally:
         os.close(dir_fd)
     raise RuntimeError(f"all {UID_COUNT} sandbox uids from {FIRST_UID} are in use")
+
+
+def kill_processes_of(uid: int, rounds: int = 5) -> None:
+    """SIGKILL every process whose real uid is `uid`, until none is left (a few rounds, for
+    processes forked meanwhile)."""
+    for _ in range(rounds):
+        found = False
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/status") as f:
+                    real = next(line for line in f if line.startswith("Uid:")).split()[1]
+                if int(real) == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    found = True
+            except (OSError, StopIteration, ValueError):
+                continue
+        if not found:
+            return
+        time.sleep(0.01)
 
 
 def _has_account(uid: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import threading
 import time
 import zlib
@@ -386,3 +387,33 @@ def test_the_host_download_itself_stops_at_the_decoded_limit(site):
     assert (
         download(f"{site.url}/", proxy=None, max_bytes=PAGE_LIMIT, timeout=10).body == PAGES["/"][2]
     )
+
+
+def test_a_server_dripping_bytes_cannot_outlast_the_download_timeout() -> None:
+    # Headers, then one byte every 0.2 s: each recv would restart a plain socket timeout.
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\n\r\n")
+            while not stop.wait(0.2):
+                try:
+                    conn.sendall(b"%")
+                except OSError:
+                    return
+
+    dripper = threading.Thread(target=drip)
+    dripper.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/slow.pdf"
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            download(url, proxy=None, max_bytes=PAGE_LIMIT, timeout=1.0)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        dripper.join()
+        server.close()
+    assert elapsed < 2.0, f"the download ran {elapsed:.1f} s past a 1 s timeout"

@@ -237,3 +237,28 @@ def test_files_planted_in_mnt_data_do_not_run_when_the_kernel_starts(tool) -> No
     assert "restarted" in out
     assert call(tool_, "print(6 * 7)", loop) == "42"
     assert not (tool_.data_dir / "HIJACKED").exists()
+
+
+def test_a_tree_nested_thousands_deep_breaks_neither_restart_nor_cleanup() -> None:
+    tool = PythonTool(timeout=30.0)
+    loop = asyncio.new_event_loop()
+    nest = (
+        "import os\nfor top in ('/mnt/data/deep', '/run/kernel/deep'):\n"
+        "    os.makedirs(top)\n    fd = os.open(top, os.O_RDONLY)\n"
+        "    for _ in range(3000):\n"
+        "        os.mkdir('d', dir_fd=fd)\n"
+        "        open(os.open('f', os.O_WRONLY | os.O_CREAT, dir_fd=fd), 'w').close()\n"
+        "        fd, up = os.open('d', os.O_RDONLY, dir_fd=fd), fd\n"
+        "        os.close(up)\n"
+        "print('nested')"
+    )
+    try:
+        assert call(tool, nest, loop) == "nested"
+        data_dir = tool.data_dir
+        # The next start re-owns /mnt/data and the last one's runtime dir goes: both walk it.
+        assert "restarted" in call(tool, "import os\nos._exit(1)", loop)
+        assert call(tool, "print(6 * 7)", loop) == "42"
+    finally:
+        loop.run_until_complete(tool.aclose())
+        loop.close()
+    assert not data_dir.exists()

@@ -109,3 +109,11 @@ def test_image_save_errors_and_the_image_cap_are_reported() -> None:
     assert c.text() == (
         "[image not saved: No space left on device]\n[image not saved: too many images in one call]"
     )
+
+
+def test_fields_a_hostile_kernel_forges_do_not_break_the_collector() -> None:
+    c = collector()
+    c.add(msg("stream", name="stdout", text="ok\n", cut="lots"))
+    c.add(msg("stream", name="stdout", text="still\n", cut=-5))
+    c.add(msg("display_data", data={"image/png": "not base64 at all!"}))
+    assert c.text() == "ok\nstill\n[image not saved: its data is not valid base64]"

@@ -18,7 +18,7 @@ import pytest
 from _support import requires_sandbox
 
 import harmony_agent.sandbox.process as sandbox_process
-from harmony_agent.sandbox import SandboxConfig, SandboxUnavailable, probe, run, spawn
+from harmony_agent.sandbox import SandboxConfig, SandboxUnavailable, lease_uid, probe, run, spawn
 
 MiB = 1 << 20
 
@@ -284,3 +284,17 @@ def test_loopback_is_down_unless_asked_for(tmp_path: Path) -> None:
         pytest.skip("only a sandbox started as root takes the loopback down")
     assert py(LOOPBACK_FLAGS, tmp_path).strip() == "0"
     assert py(LOOPBACK_FLAGS, tmp_path, SandboxConfig(loopback=True)).strip() == "1"
+
+
+def test_a_released_uid_keeps_no_process(tmp_path: Path) -> None:
+    if not probe().as_root:
+        pytest.skip("uids are leased only when the host runs as root")
+    lease = lease_uid()
+    # A process of the uid that no group or namespace holds (a browser's crash handler, say).
+    straggler = subprocess.Popen(["sleep", "60"], user=lease.uid, group=lease.uid, extra_groups=[])
+    try:
+        lease.release()
+        assert wait_for(lambda: straggler.poll() is not None, 5)
+    finally:
+        straggler.kill()
+        straggler.wait()

@@ -9,9 +9,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from openai_harmony import Role
+from openai_harmony import Message, Role
 
 from harmony_agent.agent import Agent, TranscriptError, load_transcript
+from harmony_agent.agent.transcript import TranscriptWriter
 from harmony_agent.model import ScriptedModel, harmony_encoding
 from harmony_agent.tools import function_tool
 
@@ -106,3 +107,12 @@ def test_unreadable_transcripts(tmp_path: Path) -> None:
     bad.write_text('not json\n{"type": "run"}\n')
     with pytest.raises(TranscriptError, match=r"bad.jsonl:1: not a transcript record"):
         load_transcript(bad)
+
+
+def test_line_separators_inside_a_message_survive_the_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    text = "a page said: one\u2028two\u2029three\x85four"
+    writer = TranscriptWriter(path)
+    writer.message(Message.from_role_and_content(Role.USER, text))
+    writer.close()
+    assert [m.content[0].text for m in load_transcript(path)] == [text]  # type: ignore[union-attr]

@@ -7,6 +7,7 @@ be read and tested on their own.
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,11 @@ def format_traceback(frames: list[str], ename: str, evalue: str) -> str:
         omitted = len(body) - _KEEP_FIRST - _KEEP_LAST
         body = [*body[:_KEEP_FIRST], f"[... {omitted} frames omitted ...]", *body[-_KEEP_LAST:]]
     return "\n".join([*head, *body, *tail])
+
+
+def _count(value: Any) -> int:
+    """A count the kernel reports; the kernel is the model's, so anything else counts as 0."""
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 class _Window:
@@ -133,7 +139,7 @@ class OutputCollector:
         content = msg["content"]
         if kind == "stream":
             self._flush_error()
-            self._window.append(content.get("text", ""), cut=int(content.get("cut", 0)))
+            self._window.append(str(content.get("text", "")), cut=_count(content.get("cut")))
         elif kind in ("execute_result", "display_data"):
             self._add_data(content.get("data", {}))
         elif kind == "error":
@@ -172,7 +178,12 @@ class OutputCollector:
                     return
                 self._images_left -= 1
                 try:
-                    path = self._save_image(base64.b64decode(data[mime]), ext)
+                    image = base64.b64decode(str(data[mime]), validate=False)
+                except binascii.Error:
+                    self._append("[image not saved: its data is not valid base64]\n")
+                    return
+                try:
+                    path = self._save_image(image, ext)
                 except OSError as e:
                     # strerror only: the exception's file name would be a host path.
                     self._append(f"[image not saved: {e.strerror or 'error'}]\n")

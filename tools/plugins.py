@@ -66,11 +66,12 @@ def load_reference(reference: str) -> list[FunctionTool | BuiltinTool]:
 
 
 def _import(module_name: str, reference: str) -> Any:
-    """Import `module_name` as `python -m` would: the current folder first, then the installed
-    packages (a console script's own folder is no place to look)."""
+    """Import `module_name` from the installed packages or the current folder (a console
+    script's own folder is no place to look). The folder goes last on sys.path, so that a file
+    there cannot shadow a module that some library imports later."""
     folder = os.getcwd()
     if folder not in sys.path:
-        sys.path.insert(0, folder)
+        sys.path.append(folder)
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -16,7 +16,6 @@ import itertools
 import logging
 import os
 import queue
-import shutil
 import tempfile
 import time
 import warnings
@@ -34,11 +33,12 @@ from harmony_agent.sandbox import (
     KernelProcess,
     SandboxConfig,
     SandboxUnavailable,
+    UidLease,
     host_files,
+    lease_uid,
     probe,
     start_kernel,
 )
-from harmony_agent.sandbox.uids import UidLease, lease_uid
 
 from ._jupyter_output import OutputCollector
 from .base import BuiltinTool, ToolCall
@@ -91,7 +91,7 @@ class KernelSession:
             kernel.kill()
             raise
         try:
-            await session._wait_ready(deadline - time.monotonic())
+            await session._wait_ready(timeout, deadline)
         except BaseException:
             session.kill()
             raise
@@ -124,11 +124,12 @@ class KernelSession:
         self.stale_msg_id = None
         await self._wait_ready(timeout)
 
-    async def _wait_ready(self, timeout: float) -> None:
+    async def _wait_ready(self, timeout: float, deadline: float | None = None) -> None:
         """Wait for a `kernel_info` reply on shell and for any message on iopub: the reply alone
         does not prove that our iopub subscription is live, and output published before it would
         be lost (ZeroMQ's slow joiner)."""
-        deadline = time.monotonic() + timeout
+        if deadline is None:
+            deadline = time.monotonic() + timeout
         self.client.kernel_info()
         last_ask = time.monotonic()
         shell_ok = iopub_ok = False
@@ -297,7 +298,7 @@ class PythonTool(BuiltinTool):
                 self._data_dir = Path(tempfile.mkdtemp(prefix="harmony-data-"))
                 # Removed by aclose(), or when the tool is garbage-collected or Python exits.
                 self._data_dir_cleanup = weakref.finalize(
-                    self, shutil.rmtree, self._data_dir, ignore_errors=True
+                    self, host_files.remove_tree, self._data_dir
                 )
         return self._data_dir
 
@@ -380,9 +381,9 @@ class PythonTool(BuiltinTool):
         return self._session
 
     def _kill_session(self) -> None:
-        if self._session is not None:
-            self._session.kill()
-            self._session = None
+        session, self._session = self._session, None
+        if session is not None:
+            session.kill()
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None

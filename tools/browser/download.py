@@ -15,12 +15,14 @@ block: run `download` in a thread (`asyncio.to_thread`).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -75,17 +77,70 @@ def download(
     following at most `max_redirects` redirects, all within `timeout` seconds.
 
     Raises `DownloadRefused`, `DownloadTooLarge`, `DownloadHTTPError` (status >= 400),
-    `TimeoutError` or `DownloadError`. Setting `cancelled` stops it at the next read.
+    `TimeoutError` or `DownloadError`. Setting `cancelled` stops it at once.
     """
     deadline = time.monotonic() + timeout
+    watchdog = _Watchdog(deadline, cancelled)
     try:
-        return _follow(url, proxy, max_bytes, deadline, max_redirects, cancelled)
-    except (DownloadError, TimeoutError):
-        raise
+        fetched = _follow(url, proxy, max_bytes, deadline, max_redirects, cancelled, watchdog.track)
+        # A socket the watchdog shut reads as the end of the body: that body is cut short.
+        if (verdict := watchdog.verdict()) is not None:
+            raise verdict
+        return fetched
+    except (DownloadError, TimeoutError) as e:
+        raise watchdog.verdict() or e from None
     except ssl.SSLCertVerificationError as e:
         raise DownloadError(f"TLS certificate not trusted ({e.verify_message})") from e
-    except (OSError, http.client.HTTPException) as e:
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        if (verdict := watchdog.verdict()) is not None:
+            raise verdict from None
         raise DownloadError(f"the connection failed ({type(e).__name__}: {e})") from e
+    finally:
+        watchdog.stop()
+
+
+class _Watchdog:
+    """Shuts the download's sockets at the deadline, or when `cancelled` is set.
+
+    A socket timeout starts again with every `recv`, so a server that sends a byte now and then
+    would keep a read going far past any per-read timeout; this ends it on time."""
+
+    def __init__(self, deadline: float, cancelled: threading.Event | None) -> None:
+        self.deadline = deadline
+        self.cancelled = cancelled
+        self.fired: str | None = None
+        self._sockets: list[socket.socket] = []
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def verdict(self) -> BaseException | None:
+        if self.fired == "deadline":
+            return TimeoutError("the download timed out")
+        if self.fired == "cancelled":
+            return DownloadError("cancelled")
+        return None
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(0.05):
+            if self.cancelled is not None and self.cancelled.is_set():
+                self.fired = "cancelled"
+            elif time.monotonic() >= self.deadline:
+                self.fired = "deadline"
+            else:
+                continue
+            with self._lock:
+                for sock in self._sockets:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+            return
 
 
 def _follow(
@@ -95,9 +150,10 @@ def _follow(
     deadline: float,
     max_redirects: int,
     cancelled: threading.Event | None,
+    track: Callable[[socket.socket], None],
 ) -> Downloaded:
     for _ in range(max_redirects + 1):
-        response, connection = _request(url, proxy, deadline)
+        response, connection = _request(url, proxy, deadline, track)
         try:
             if (refused := response.getheader(REFUSED_HEADER)) is not None:
                 raise DownloadRefused(refused)
@@ -129,7 +185,7 @@ class _Connection(http.client.HTTPConnection):
 
 
 def _request(
-    url: str, proxy: str | None, deadline: float
+    url: str, proxy: str | None, deadline: float, track: Callable[[socket.socket], None]
 ) -> tuple[http.client.HTTPResponse, _Connection]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -151,11 +207,13 @@ def _request(
     else:
         address = (host, port)
     sock = _connect(address, deadline)
+    track(sock)
     try:
         if scheme == "https":
             if proxy is not None:
                 _tunnel(sock, netloc, deadline)
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            track(sock)  # the TLS socket took the descriptor over
         elif proxy is not None:
             path = f"http://{netloc}{path}"  # a plain request to a proxy names the whole URL
         connection = _Connection(netloc, sock, _remaining(deadline))

@@ -8,8 +8,8 @@ Chromium over the pipe fds it hands down (`--remote-debugging-pipe`), which surv
 Chromium's sandbox (user namespaces, seccomp) then works as for any user.
 
 Chromium writes only its profile, a directory the uid owns inside one it can only traverse.
-The host never opens names inside it; it goes with `shutil.rmtree`, which works through directory
-fds and does not follow symlinks.
+The host never opens names inside it; it goes with `host_files.remove_tree`, which works through
+directory fds, follows no link and copes with any depth.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import weakref
 
-from harmony_agent.sandbox import CgroupSet, UidLease, lease_uid
+from harmony_agent.sandbox import CgroupSet, UidLease, host_files, lease_uid
 
 
 class JailUnavailable(Exception):
@@ -91,6 +91,6 @@ def _clean_up(directory: str, cgroup: CgroupSet | None, lease: UidLease | None) 
     its group and its profile, give its uid back."""
     if cgroup is not None:
         cgroup.destroy()
-    shutil.rmtree(directory, ignore_errors=True)
+    host_files.remove_tree(directory)
     if lease is not None:
         lease.release()
