@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from .transcript import TranscriptError
 
 MODEL_ENV = "HARMONY_AGENT_MODEL"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNFINISHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_BROKEN_PIPE = 141  # as a shell reports a writer that SIGPIPE ended
 EPILOG = f"""exit codes: {EXIT_OK} answered, {EXIT_ERROR} error (bad model path, tool, input),
 {EXIT_USAGE} bad command line, {EXIT_UNFINISHED} run ended without an answer (a limit, invalid
 model output), {EXIT_INTERRUPTED} interrupted"""
@@ -59,10 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Idle OpenMP workers otherwise spin and starve the decoding thread on a busy CPU (4x slower
     # decode measured here); it only takes effect before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
+    except BrokenPipeError:
+        # The reader left (`... | head`): stop quietly. Later writes, and the flush at exit, go
+        # to /dev/null instead of raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("harmony-agent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -77,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run OpenAI's gpt-oss models as agents on your own hardware.",
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -86,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one task. The answer goes to stdout; reasoning, tool calls and the "
         "run's status go to stderr.",
     )
-    run.add_argument("task", nargs="?", help="what to do")
+    run.add_argument(
+        "task",
+        nargs="?",
+        help="what to do; - (or nothing, with input piped in) reads stdin",
+    )
     _add_agent_options(run)
     run.add_argument(
         "--json",
@@ -152,6 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
         add_model_commands(commands)
         add_finetune_command(commands)
     return parser
+
+
+def _stdin_is_piped() -> bool:
+    """Input from a pipe or a file (`echo task | harmony-agent run`), not a terminal or none."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):  # no stdin at all
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("harmony-agent")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _add_agent_options(parser: argparse.ArgumentParser) -> None:
@@ -392,6 +421,8 @@ def _run(args: argparse.Namespace) -> int:
             raise CliError("--batch runs the tasks of its file: give no task, --continue or "
                            "--transcript with it")  # fmt: skip
         return _run_batch(args)
+    if args.task == "-" or (args.task is None and _stdin_is_piped()):
+        args.task = sys.stdin.read().strip()
     if not args.task:
         raise CliError('no task given: harmony-agent run "what to do" (or --batch TASKS)')
 

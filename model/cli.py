@@ -98,11 +98,13 @@ def _guard(fn: Handler) -> Handler:
 
         try:
             return fn(args)
+        except BrokenPipeError:
+            raise  # the reader left (`| head`): the front end ends quietly
         except (CheckpointError, ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"harmony-agent: error: {e}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            print("harmony-agent: interrupted", file=sys.stderr)
             return 130
 
     return run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,11 +60,51 @@ def test_tools_come_from_the_current_folder_as_python_m_would(workdir: Path) -> 
     assert f"no module 'my_tolls' in {workdir}" in proc.stderr
 
 
-def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(workdir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    # No input unless a test gives some: a task is read from piped stdin.
+    feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
     return subprocess.run(
         [sys.executable, "-m", "harmony_agent", *args],
-        cwd=workdir, env=env(workdir), capture_output=True, text=True, timeout=120,
+        cwd=workdir, env=env(workdir), capture_output=True, text=True, timeout=120, **feed,
     )  # fmt: skip
+
+
+def test_version() -> None:
+    proc = subprocess.run([sys.executable, "-m", "harmony_agent", "--version"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0
+    assert re.fullmatch(r"harmony-agent \d+\.\d+\.\d+\S*\n", proc.stdout), proc.stdout
+
+
+@pytest.mark.parametrize("task_arg", [["-"], []])
+def test_the_task_can_come_from_stdin(workdir: Path, task_arg: list[str]) -> None:
+    proc = cli(workdir, "run", "--scripted", "turns.json", "--tools", "cli_tools:add",
+               *task_arg, stdin="What is 2 + 3?\n")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "The answer is **5**."
+
+
+@pytest.mark.parametrize("command", ["inspect", "tools"])
+def test_a_reader_that_goes_away_ends_the_output_quietly(workdir: Path, command: str) -> None:
+    if command == "inspect":
+        made = cli(workdir, "random-checkpoint", "--preset", "tiny", "--layers", "1", "ckpt")
+        assert made.returncode == 0, made.stderr
+        args = ["inspect", "ckpt"]
+    else:
+        args = ["tools", "--tools", "cli_tools:add"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` having exited: every write fails with EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "harmony_agent", *args],
+            cwd=workdir, env=env(workdir), stdout=write_end, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    # Plain prints end as a shell reports SIGPIPE; rich's console ends with 1. Both say nothing.
+    assert proc.returncode == (141 if command == "inspect" else 1)
+    assert proc.stderr == ""
 
 
 def test_run_prints_the_answer_on_stdout(workdir: Path) -> None:

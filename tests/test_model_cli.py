@@ -42,7 +42,7 @@ def test_random_inspect_convert(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("inspect", str(tmp_path / "missing")) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "no such checkpoint folder" in err
+    assert err.startswith("harmony-agent: error: ") and "no such checkpoint folder" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert run("convert", str(tmp_path / "missing"), str(tmp_path / "x"), "--layout", "hf") == 1
 

@@ -81,6 +81,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # the reader left (`| head`): the front end ends quietly
     except Exception as e:  # every failure is one line, no traceback
         from ..checkpoint import CheckpointError
         from ..train import FinetuneError
