@@ -12,6 +12,7 @@ from openai_harmony import Message
 from rich.console import Console
 
 from harmony_agent.encoding import cache_dir
+from harmony_agent.model import ScriptExhausted
 
 from .agent import Agent
 from .conversation import strip_preamble
@@ -110,6 +111,9 @@ class Chat:
         except KeyboardInterrupt:
             self.view.close()
             self.console.print("\n[yellow]stopped[/yellow] (this turn is not kept)")
+        except ScriptExhausted as e:  # the conversation so far stays: /save still works
+            self.view.close()
+            self.console.print(f"error: {e} (this turn is not kept)", style="red", markup=False)
 
     def _effort(self, argument: str) -> bool:
         if argument:

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from harmony_agent.model import EncodingError, Sampling, ScriptedModel
+from harmony_agent.model import EncodingError, Sampling, ScriptedModel, ScriptExhausted
 from harmony_agent.tools import FunctionTool
 from harmony_agent.tools.plugins import PluginError, installed_plugins, load_reference
 
@@ -47,6 +47,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         EncodingError,
         BatchError,
         OSError,
+        ScriptExhausted,
     ]
     try:
         from harmony_agent.model.checkpoint import CheckpointError

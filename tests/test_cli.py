@@ -217,6 +217,9 @@ def test_chat_in_a_terminal(workdir: Path) -> None:
         child.expect("› ")
         child.sendline("/tools")
         child.expect("functions.add")
+        child.sendline("one more?")  # the script has no turn left: an error line, not the end
+        child.expect("ran out of turns")
+        child.expect("› ")
         child.sendline("/quit")
         child.expect(pexpect.EOF)
     finally:
@@ -305,3 +308,12 @@ def test_bad_batch_file(workdir: Path) -> None:
     proc = cli(workdir, "run", "--scripted", "turns.json", "--batch", "bad.jsonl")
     assert proc.returncode == 1
     assert proc.stderr.strip() == "harmony-agent: error: bad.jsonl: duplicate task ids: 1"
+
+
+def test_a_script_out_of_turns_is_one_line(workdir: Path) -> None:
+    (workdir / "short.json").write_text(json.dumps([CALL]))
+    proc = cli(workdir, "run", "--scripted", "short.json", "--tools", "cli_tools:add", "2+3?")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("harmony-agent: error: ScriptedModel ran out of turns")
+    assert "Traceback" not in proc.stderr

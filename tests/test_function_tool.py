@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import enum
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import pytest
@@ -329,6 +330,27 @@ def test_unsupported_signatures_fail_at_decoration() -> None:
 
     with pytest.raises(TypeError, match=r"\*args"):
         function_tool(star)
+
+
+class Opaque:
+    """A class pydantic knows no schema for."""
+
+
+@pytest.mark.parametrize(
+    ("annotation", "shown"), [(Callable[[int], int], "Callable"), (Opaque, "Opaque")]
+)
+def test_a_parameter_json_cannot_describe_is_one_line_naming_it(
+    annotation: Any, shown: str
+) -> None:
+    def tool(count: int, hook: Any) -> int:
+        return count
+
+    tool.__annotations__["hook"] = annotation
+    with pytest.raises(TypeError) as info:
+        function_tool(tool)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"parameter 'hook' has type {shown}" in message
 
 
 def test_harmony_renders_optional_and_unions_as_types() -> None:

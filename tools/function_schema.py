@@ -64,19 +64,44 @@ def function_schema(
             Field(default, description=doc_text) if doc_text else default,
         )
     try:
-        model = create_model(  # type: ignore[call-overload]
-            f"{func.__name__}_arguments", __config__=ConfigDict(extra="forbid"), **fields
-        )
-    except PydanticUserError as e:  # e.g. typing.TypedDict on Python < 3.12
-        raise TypeError(f"function tool {func.__qualname__}: {e.message}") from None
+        model = _arguments_model(func.__name__, fields)
+        schema = model.model_json_schema()
+    except PydanticUserError as e:  # a type JSON cannot describe: Callable, an arbitrary class
+        raise TypeError(_undescribable(func, fields, hints, e)) from None
     summary = "\n\n".join(p for p in (doc.short_description, doc.long_description) if p)
     return FunctionSchema(
         name=name or func.__name__,
         description=description if description is not None else summary,
-        parameters=_clean(_inline_refs(model.model_json_schema())),
+        parameters=_clean(_inline_refs(schema)),
         model=model,
         takes_context=takes_context,
     )
+
+
+def _arguments_model(name: str, fields: dict[str, Any]) -> type[BaseModel]:
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
+    )
+
+
+def _undescribable(
+    func: Callable[..., Any],
+    fields: dict[str, Any],
+    hints: dict[str, Any],
+    error: PydanticUserError,
+) -> str:
+    """One line naming the parameter whose type has no JSON schema, found by trying each."""
+    for param, field in fields.items():
+        try:
+            _arguments_model(func.__name__, {param: field}).model_json_schema()
+        except PydanticUserError:
+            shown = getattr(hints.get(param), "__name__", None) or repr(hints.get(param))
+            return (
+                f"function tool {func.__qualname__}: parameter {param!r} has type {shown}, "
+                "which the model cannot be told as JSON; use str, numbers, bool, lists, dicts, "
+                "enums, Literal, dataclasses, TypedDicts or pydantic models"
+            )
+    return f"function tool {func.__qualname__}: {error.message.splitlines()[0]}"
 
 
 def _is_run_context(annotation: Any) -> bool:
