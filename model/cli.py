@@ -34,6 +34,7 @@ def add_model_commands(subparsers: Any) -> None:
     p.add_argument("--dense", action="store_true", help="dense experts instead of MXFP4")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite what the folder holds")
     p.set_defaults(handler=_guard(_random_checkpoint))
 
     p = subparsers.add_parser("inspect", help="show a checkpoint's config, tensors and sizes")
@@ -48,6 +49,7 @@ def add_model_commands(subparsers: Any) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--mxfp4", action="store_true", help="quantise dense experts to MXFP4")
     group.add_argument("--dense", action="store_true", help="dequantise MXFP4 experts")
+    p.add_argument("--force", action="store_true", help="overwrite what DST holds")
     p.set_defaults(handler=_guard(_convert))
 
     p = subparsers.add_parser(
@@ -122,11 +124,20 @@ def _config(preset: str, layers: int | None, experts: int | None, vocab: int | N
     )
 
 
+def _refuse_to_overwrite(folder: Path, force: bool) -> None:
+    """Weights are never overwritten silently: a folder with anything in it needs --force."""
+    if not force and folder.is_dir() and any(folder.iterdir()):
+        raise ValueError(f"{folder} is not empty; pass --force to overwrite what it holds")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder")
+
+
 def _random_checkpoint(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import write_random_checkpoint
 
+    _refuse_to_overwrite(args.path, args.force)
     config = _config(args.preset, args.layers, args.experts, args.vocab)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     folder = write_random_checkpoint(
@@ -170,6 +181,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from .checkpoint import convert_checkpoint
 
+    _refuse_to_overwrite(args.dst, args.force)
     mxfp4 = True if args.mxfp4 else False if args.dense else None
     folder = convert_checkpoint(args.src, args.dst, layout=args.layout, mxfp4=mxfp4)
     print(f"wrote {folder} ({args.layout} layout)")

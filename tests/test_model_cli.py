@@ -37,6 +37,18 @@ def test_random_inspect_convert(tmp_path: Path, capsys: pytest.CaptureFixture[st
     a = load_model(src, progress=False).logits([1, 2, 3])
     b = load_model(dst, progress=False).logits([1, 2, 3])
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # Weights are never overwritten silently.
+    weights = sorted(f.stat().st_mtime_ns for f in dst.rglob("*.safetensors"))
+    capsys.readouterr()
+    assert run("convert", str(src), str(dst), "--layout", "hf") == 1
+    assert run("random-checkpoint", str(src), "--preset", "tiny") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"harmony-agent: error: {dst} is not empty; pass --force to overwrite what it holds",
+        f"harmony-agent: error: {src} is not empty; pass --force to overwrite what it holds",
+    ]
+    assert sorted(f.stat().st_mtime_ns for f in dst.rglob("*.safetensors")) == weights
+    assert run("convert", str(src), str(dst), "--layout", "hf", "--force") == 0
 
 
 def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
