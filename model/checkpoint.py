@@ -63,6 +63,18 @@ class SafetensorsFile:
         header.pop("__metadata__", None)
         self.header: dict[str, dict] = header
         self._base = 8 + n
+        # A download cut short (or a disk that filled) leaves a file shorter than its header
+        # promises: say so now, not as a crash deep inside a forward pass.
+        try:
+            expected = self._base + max((t["data_offsets"][1] for t in header.values()), default=0)
+        except (KeyError, TypeError, IndexError, AttributeError):
+            raise CheckpointError(f"{path}: not a readable safetensors file (bad header)") from None
+        actual = len(self._map)
+        if actual != expected:
+            raise CheckpointError(
+                f"{path}: broken file, {actual} bytes where its header promises {expected} "
+                f"({'truncated' if actual < expected else 'trailing data'}); re-download it"
+            )
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.header[name]["shape"])

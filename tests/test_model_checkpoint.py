@@ -97,10 +97,11 @@ def test_preset_shapes() -> None:
 # --- errors: one line, naming what is wrong ------------------------------------------------
 
 
-def one_line_error(path: Path, match: str, **kw: object) -> None:
+def one_line_error(path: Path, match: str, **kw: object) -> str:
     with pytest.raises(CheckpointError, match=match) as info:
         load_model(path, progress=False, **kw)  # type: ignore[arg-type]
     assert "\n" not in str(info.value)
+    return str(info.value)
 
 
 def test_missing_folder(tmp_path: Path) -> None:
@@ -136,6 +137,17 @@ def test_no_weights(ckpt: Path) -> None:
 def test_corrupt_weights(ckpt: Path) -> None:
     (ckpt / "model.safetensors").write_bytes(b"\x05garbage")
     one_line_error(ckpt, "not a readable safetensors file")
+
+
+def test_truncated_weights_are_called_broken(ckpt: Path) -> None:
+    weights = ckpt / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:
+        f.truncate(size - 1000)  # a download cut short
+    message = one_line_error(ckpt, "broken file")
+    assert f"{size - 1000} bytes where its header promises {size}" in message
+    assert "truncated" in message and "re-download it" in message
+    assert str(weights) in message
 
 
 def _edit(ckpt: Path, edit: object) -> None:

@@ -57,6 +57,16 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert err.startswith("harmony-agent: error: ") and "no such checkpoint folder" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert run("convert", str(tmp_path / "missing"), str(tmp_path / "x"), "--layout", "hf") == 1
+    # A truncated file is broken, not a healthy checkpoint.
+    ckpt = tmp_path / "ckpt"
+    assert run("random-checkpoint", str(ckpt), "--preset", "tiny", "--layers", "1") == 0
+    weights = next(ckpt.rglob("*.safetensors"))
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    capsys.readouterr()
+    assert run("inspect", str(ckpt)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "broken file" in err and "re-download it" in err
 
 
 def test_bench_runs_on_a_tiny_checkpoint(
