@@ -22,6 +22,7 @@ import torch
 from .bench import decode_bytes_per_token
 from .config import PRESETS
 from .gpt_oss import GptOss
+from .loading import resolve_device
 from .protocol import Sampling
 
 
@@ -55,7 +56,7 @@ def run_device_bench(
     from .checkpoint import random_tensors
     from .loading import build_model
 
-    dev = torch.device(device)
+    dev = resolve_device(device)
     config = PRESETS[preset]
     if layers is not None:
         config = dataclasses.replace(config, num_hidden_layers=layers)

@@ -20,6 +20,26 @@ if TYPE_CHECKING:
 Experts = Literal["auto", "dense", "mxfp4"]
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device` as torch names it (None: CUDA when there is a GPU, else the CPU), or a ValueError
+    of one line saying what is wrong with it and what to do."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            raise ValueError(
+                f"device {str(device)!r}: this torch ({torch.__version__}) is a CPU-only build; "
+                "install a CUDA build of torch first (pytorch's install selector names the "
+                "command), then this project"
+            )
+        raise ValueError(f"device {str(device)!r}: torch sees no CUDA GPU on this machine")
+    return dev
+
+
 def load_model(
     path: str | os.PathLike[str],
     device: str | torch.device | None = None,
@@ -48,9 +68,7 @@ def load_model(
         raise ValueError(f"unknown backend {backend!r} (torch or triton)")
     if experts not in ("auto", "dense", "mxfp4"):
         raise ValueError(f"unknown experts mode {experts!r} (auto, dense or mxfp4)")
-    dev = torch.device(
-        device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
-    )
+    dev = resolve_device(device)
     if backend is None:
         backend = "triton" if dev.type == "cuda" and importlib.util.find_spec("triton") else "torch"
     if cuda_graph and backend == "torch":

@@ -317,3 +317,19 @@ def test_a_script_out_of_turns_is_one_line(workdir: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("harmony-agent: error: ScriptedModel ran out of turns")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("tpu", "unknown device 'tpu': use cpu, cuda or cuda:N"), ("cuda", "install a CUDA build")],
+)
+def test_a_device_that_cannot_work_is_one_line(workdir: Path, device: str, message: str) -> None:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = cli(workdir, "run", "--device", device, "hi")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("harmony-agent: error: ") and message in last
+    assert "Traceback" not in proc.stderr
