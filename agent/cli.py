@@ -296,7 +296,12 @@ def _tools(args: argparse.Namespace) -> list[Tool]:
             tools.extend(load())
     for reference in args.tool_refs:
         tools.extend(load_reference(reference))
-    return tools
+    # A plugin both installed and named with --tools gives the same objects twice: keep one.
+    unique: list[Tool] = []
+    for tool in tools:
+        if not any(tool is kept for kept in unique):
+            unique.append(tool)
+    return unique
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -43,6 +43,17 @@ def test_plugin_is_discovered_by_the_cli(installed_plugin: dict[str, str]) -> No
     assert "functions.get_forecast" in proc.stdout
 
 
+def test_an_installed_plugin_also_named_with_tools_counts_once(
+    installed_plugin: dict[str, str],
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "harmony_agent", "tools", "--tools", "weather_plugin:TOOLS"],
+        env=installed_plugin, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("functions.get_weather ") == 1
+
+
 def test_plugin_authors_tests_pass(installed_plugin: dict[str, str]) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
