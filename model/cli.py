@@ -26,26 +26,37 @@ def add_model_commands(subparsers: Any) -> None:
     """Register the model subcommands on an argparse subparsers object (sets `handler`)."""
     p = subparsers.add_parser("random-checkpoint", help="write a random gpt-oss checkpoint")
     p.add_argument("path", type=Path, help="folder to write")
-    p.add_argument("--preset", choices=["20b", "120b", "tiny"], default="tiny")
+    p.add_argument(
+        "--preset", choices=["20b", "120b", "tiny"], default="tiny", help="shapes (default: tiny)"
+    )
     p.add_argument("--layers", type=int, help="number of layers (default: the preset's)")
     p.add_argument("--experts", type=int, help="number of experts (default: the preset's)")
     p.add_argument("--vocab", type=int, help="vocabulary size (default: the preset's)")
-    p.add_argument("--layout", choices=["original", "hf"], default="original")
+    p.add_argument(
+        "--layout",
+        choices=["original", "hf"],
+        default="original",
+        help="the reference original/ layout or Hugging Face's (default: original)",
+    )
     p.add_argument("--dense", action="store_true", help="dense experts instead of MXFP4")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--dtype", choices=["bf16", "fp32"], default="bf16", help="of the weights (default: bf16)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="of the random weights (default: 0)")
     p.add_argument("--force", action="store_true", help="overwrite what the folder holds")
     p.set_defaults(handler=_guard(_random_checkpoint))
 
     p = subparsers.add_parser("inspect", help="show a checkpoint's config, tensors and sizes")
-    p.add_argument("path", type=Path)
+    p.add_argument("path", type=Path, help="checkpoint folder")
     p.add_argument("--tensors", action="store_true", help="list every tensor")
     p.set_defaults(handler=_guard(_inspect))
 
     p = subparsers.add_parser("convert", help="rewrite a checkpoint in another layout")
-    p.add_argument("src", type=Path)
-    p.add_argument("dst", type=Path)
-    p.add_argument("--layout", choices=["original", "hf"], required=True)
+    p.add_argument("src", type=Path, help="checkpoint folder to read")
+    p.add_argument("dst", type=Path, help="folder to write")
+    p.add_argument(
+        "--layout", choices=["original", "hf"], required=True, help="the layout to write"
+    )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--mxfp4", action="store_true", help="quantise dense experts to MXFP4")
     group.add_argument("--dense", action="store_true", help="dequantise MXFP4 experts")
@@ -57,19 +68,33 @@ def add_model_commands(subparsers: Any) -> None:
         help="prefill/decode speed: CPU vs transformers, or a full-size model on --device cuda",
     )
     p.add_argument("--checkpoint", type=Path, help="benchmark this checkpoint instead")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/harmony-agent-bench"))
-    p.add_argument("--preset", choices=["20b", "120b", "tiny"], default="20b")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/harmony-agent-bench"),
+        help="where the slice checkpoint is written and reused (default: %(default)s)",
+    )
+    p.add_argument(
+        "--preset", choices=["20b", "120b", "tiny"], default="20b", help="shapes (default: 20b)"
+    )
     p.add_argument(
         "--layers", type=int, help="layers (default: 4 on CPU, the whole model on a GPU)"
     )
     p.add_argument("--experts", type=int, help="number of experts (default: the preset's)")
     p.add_argument("--vocab", type=int, help="vocabulary size (default: the preset's)")
-    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument(
+        "--prompt-len", type=int, default=128, help="prompt tokens on the CPU (default: 128)"
+    )
     p.add_argument(
         "--decode", type=int, help="tokens to decode (default: 32 on the CPU, 256 on a GPU)"
     )
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--our-experts", choices=["auto", "dense", "mxfp4"], default="auto")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    p.add_argument(
+        "--our-experts",
+        choices=["auto", "dense", "mxfp4"],
+        default="auto",
+        help="how our engine holds the experts (default: as stored)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
     p.add_argument("--bandwidth-mib", type=int, default=1024, help="size of the copy test")
     p.add_argument("--no-transformers", action="store_true", help="skip the reference run")

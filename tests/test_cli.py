@@ -333,3 +333,22 @@ def test_a_device_that_cannot_work_is_one_line(workdir: Path, device: str, messa
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("harmony-agent: error: ") and message in last
     assert "Traceback" not in proc.stderr
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    import argparse
+
+    from harmony_agent.agent.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "harmony-agent")
+    assert missing == []

@@ -39,7 +39,9 @@ def add_finetune_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="compute dtype")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="of the shuffle and any fresh weights (default: 0)"
+    )
     p.add_argument("--max-tokens", type=int, help="reject examples longer than this")
     p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank")
     p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: 2 * rank)")
@@ -65,9 +67,19 @@ def add_finetune_command(subparsers: Any) -> argparse.ArgumentParser:
         help="train one matrix as embedding and unembedding (exported as two equal tensors)",
     )
     p.add_argument("--qat-steps", type=int, default=0, help="last N steps quantisation-aware")
-    p.add_argument("--layout", choices=("original", "hf"), default="original")
+    p.add_argument(
+        "--layout",
+        choices=("original", "hf"),
+        default="original",
+        help="layout of the checkpoint written (default: original)",
+    )
     p.add_argument("--dense", action="store_true", help="export dense experts (no MXFP4)")
-    p.add_argument("--save-dtype", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument(
+        "--save-dtype",
+        choices=("fp32", "bf16"),
+        default="bf16",
+        help="dtype of the weights written (default: bf16)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     p.set_defaults(handler=run_finetune)
