@@ -10,6 +10,7 @@ no compiler is available `available()` is False and callers keep the dequantise-
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from types import ModuleType
 
@@ -105,6 +106,7 @@ torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("mxfp4_linear", &mxfp4_linear); }
 """
 
+_NAME = "harmony_agent_mxfp4_cpu_v2"
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _failed = False
@@ -120,8 +122,16 @@ def _load() -> ModuleType | None:
             try:
                 from torch.utils.cpp_extension import load_inline
 
+                if (folder := unbuilt_folder(_NAME)) is not None:
+                    # ~20 s of silence otherwise, on a first run that seems to hang.
+                    print(
+                        f"harmony-agent: compiling the CPU MXFP4 kernel once (about 20 s; kept "
+                        f"in {folder})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 _module = load_inline(
-                    name="harmony_agent_mxfp4_cpu_v2",
+                    name=_NAME,
                     cpp_sources=_SOURCE,
                     extra_cflags=["-O3", "-march=native", "-fopenmp"],
                     extra_ldflags=["-fopenmp"],
@@ -129,6 +139,14 @@ def _load() -> ModuleType | None:
             except Exception:  # no compiler, no headers: keep the PyTorch path
                 _failed = True
     return _module
+
+
+def unbuilt_folder(name: str) -> str | None:
+    """The folder torch builds extension `name` in, when no build of it is there yet."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    folder = _get_build_directory(name, verbose=False)
+    return None if os.path.exists(os.path.join(folder, f"{name}.so")) else folder
 
 
 def available() -> bool:

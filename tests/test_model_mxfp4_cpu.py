@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -34,3 +36,13 @@ def test_fused_linear_on_strided_expert_views() -> None:
     for e in range(3):
         ref = x @ dequantize(blocks[e], scales[e], torch.float32).T
         torch.testing.assert_close(mxfp4_cpu.mxfp4_linear(x, blocks[e], scales[e]), ref)
+
+
+def test_a_first_build_is_announced_and_a_cached_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert mxfp4_cpu.available()  # built (or cached) in torch's extension folder
+    assert mxfp4_cpu.unbuilt_folder("harmony_agent_mxfp4_cpu_v2") is None
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = mxfp4_cpu.unbuilt_folder("harmony_agent_mxfp4_cpu_v2")
+    assert folder is not None and folder.startswith(str(tmp_path))
