@@ -142,10 +142,14 @@ def _load() -> ModuleType | None:
 
 
 def unbuilt_folder(name: str) -> str | None:
-    """The folder torch builds extension `name` in, when no build of it is there yet."""
-    from torch.utils.cpp_extension import _get_build_directory
+    """The folder torch builds extension `name` in, when no build of it is there yet (None too
+    when this torch does not say: the notice is worth less than the kernel)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
 
-    folder = _get_build_directory(name, verbose=False)
+        folder = _get_build_directory(name, verbose=False)
+    except (ImportError, OSError):
+        return None
     return None if os.path.exists(os.path.join(folder, f"{name}.so")) else folder
 
 
