@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,62 @@ def peak_memory(sample: Callable[[], int] = rss_bytes) -> Iterator[PeakMemory]:
     finally:
         done.set()
         watcher.join()
+
+
+def _seccomp_missing() -> str | None:
+    from harmony_agent.sandbox import probe
+
+    return None if SANDBOX_MISSING else probe().seccomp
+
+
+SECCOMP_MISSING = _seccomp_missing()
+if SECCOMP_MISSING and os.environ.get("CI"):
+    raise RuntimeError(f"seccomp is unavailable in CI: {SECCOMP_MISSING}")
+
+requires_seccomp = pytest.mark.skipif(
+    SECCOMP_MISSING is not None, reason=f"no seccomp here: {SECCOMP_MISSING}"
+)
+
+
+class LoopbackSite(ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 (a free port) for the browser tests; `serving()` runs it."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def serving(*sites: LoopbackSite) -> Iterator[None]:
+    for site in sites:
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        for site in sites:
+            site.shutdown()
+            site.server_close()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing and answers with `reply`."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

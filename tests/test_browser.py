@@ -10,14 +10,13 @@ import asyncio
 import json
 import os
 import socket
-import threading
 import time
 import zlib
 from collections.abc import Callable, Coroutine, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import pytest
+from _support import LoopbackSite, QuietHandler, serving
 
 from harmony_agent.tools.base import ToolCall, ToolError
 from harmony_agent.tools.browser import (
@@ -159,28 +158,15 @@ def site_pages(other: int) -> dict[str, tuple[int, str, bytes | str]]:
     }
 
 
-class Site(ThreadingHTTPServer):
-    daemon_threads = True
-
+class Site(LoopbackSite):
     def __init__(self, pages: Callable[[], dict[str, tuple[int, str, bytes | str]]]) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(Handler)
         self.pages = pages
         self.paths: list[str] = []
 
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     server: Site
-
-    def log_message(self, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         self.server.paths.append(self.path)
@@ -191,28 +177,18 @@ class Handler(BaseHTTPRequestHandler):
             self.path, (200, "text/html", html("Other", "<p>LEAKED secret content</p>"))
         )
         data = body.encode() if isinstance(body, str) else body
-        self.send_response(status)
-        if 300 <= status < 400:
-            self.send_header("Location", content_type)
-        else:
-            self.send_header("Content-Type", content_type)
+        headers = {"Location" if 300 <= status < 400 else "Content-Type": content_type}
         if self.path == "/attachment":
-            self.send_header("Content-Disposition", 'attachment; filename="notes.txt"')
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            headers["Content-Disposition"] = 'attachment; filename="notes.txt"'
+        self.reply(status, headers, data)
 
 
 @pytest.fixture(scope="module")
 def sites() -> Iterator[tuple[Site, Site]]:
     other = Site(lambda: {})
     site = Site(lambda: site_pages(other.port))
-    for server in (site, other):
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield site, other
-    for server in (site, other):
-        server.shutdown()
-        server.server_close()
+    with serving(site, other):
+        yield site, other
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,11 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import peak_memory, rss_bytes
+from _support import LoopbackSite, QuietHandler, peak_memory, rss_bytes, serving
 
 from harmony_agent.tools.base import ToolCall, ToolError
 from harmony_agent.tools.browser import BrowserTool, FetchError, PageStack, find_chromium
@@ -116,24 +115,15 @@ PAGES: dict[str, tuple[int, dict[str, str], bytes]] = {
 }
 
 
-class Site(ThreadingHTTPServer):
-    daemon_threads = True
-
+class Site(LoopbackSite):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(Handler)
         self.bomb = gzip_bomb()
         self.pdf_bomb = pdf_gzip_bomb()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
-
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     server: Site
-
-    def log_message(self, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
@@ -145,21 +135,14 @@ class Handler(BaseHTTPRequestHandler):
             headers = {"Content-Type": "application/pdf", "Content-Encoding": "gzip"}
         else:
             status, headers, body = PAGES.get(path, (404, {}, b"no such page"))
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(status, headers, body)
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     server = Site()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(server):
+        yield server
 
 
 @pytest.fixture(scope="module")

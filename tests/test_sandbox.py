@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _support import requires_sandbox
+from _support import requires_sandbox, requires_seccomp
 
 import harmony_agent.sandbox.process as sandbox_process
 from harmony_agent.sandbox import SandboxConfig, SandboxUnavailable, lease_uid, probe, run, spawn
@@ -110,9 +110,8 @@ def test_process_limit(tmp_path: Path) -> None:
     assert 0 < int(out) < 16
 
 
+@requires_seccomp
 def test_seccomp_denies_namespace_and_debugging_syscalls(tmp_path: Path) -> None:
-    if probe().seccomp is not None:
-        pytest.skip(f"seccomp unavailable: {probe().seccomp}")
     out = py(
         "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         "def errno_of(r):\n    return ctypes.get_errno() if r != 0 else 0\n"
@@ -124,9 +123,8 @@ def test_seccomp_denies_namespace_and_debugging_syscalls(tmp_path: Path) -> None
     assert out.split() == ["1", "1", "1"]  # EPERM each
 
 
+@requires_seccomp
 def test_seccomp_refuses_socket_families_beyond_unix_and_ip(tmp_path: Path) -> None:
-    if probe().seccomp is not None:
-        pytest.skip(f"seccomp unavailable: {probe().seccomp}")
     # Only creation is tried: no socket is connected anywhere.
     out = py(
         "import socket\n"
