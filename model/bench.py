@@ -22,6 +22,7 @@ import torch
 from .config import PRESETS, ModelConfig
 
 if TYPE_CHECKING:
+    from .gpt_oss import GptOss
     from .loading import Experts
 
 
@@ -96,16 +97,22 @@ class OursRunner:
 
         m = self.m
         m.reset()
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            m.prefill(prompt)
-            prefill_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        first_token(m, prompt)
+        prefill_s = time.perf_counter() - t0
         m.reset()
         gen = m.generate(prompt, stop_tokens=[], max_tokens=n_decode + 1, sampling=Sampling(0))
         out = [next(gen)]  # prefill + first token
         t0 = time.perf_counter()
         out.extend(gen)
         return prefill_s, time.perf_counter() - t0, out
+
+
+def first_token(model: GptOss, prompt: list[int]) -> int:
+    """The prefill of `prompt` (and one sampled token, a negligible part of it)."""
+    from .protocol import Sampling
+
+    return next(model.generate(prompt, stop_tokens=(), max_tokens=1, sampling=Sampling(0)))
 
 
 class TransformersRunner:

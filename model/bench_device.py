@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from .bench import decode_bytes_per_token
+from .bench import decode_bytes_per_token, first_token
 from .config import PRESETS
 from .gpt_oss import GptOss
 from .loading import resolve_device
+from .one_sequence import OneSequence
 from .protocol import Sampling
 
 
@@ -76,19 +77,20 @@ def run_device_bench(
     for n in prompt_lens:
         prompt = torch.randint(0, config.vocab_size, (n,), generator=g).tolist()
         model.reset()
-        model.prefill(prompt[:64])  # warm up: kernels compiled, caches allocated
+        first_token(model, prompt[:64])  # warm up: kernels compiled, caches allocated
         model.reset()
         _sync(dev)
         t0 = time.perf_counter()
-        model.prefill(prompt)
+        first_token(model, prompt)
         _sync(dev)
         prefill_s = time.perf_counter() - t0
         decode_tok_s = _decode_tok_s(model, prompt, decode_tokens)
         eager_tok_s = None
-        if model.cuda_graph:  # the same steps launched one kernel at a time, for the ratio
-            model.cuda_graph = False
+        engine = model.engine
+        if isinstance(engine, OneSequence) and engine.cuda_graph:
+            engine.cuda_graph = False  # the same steps one kernel at a time, for the ratio
             eager_tok_s = _decode_tok_s(model, prompt, decode_tokens)
-            model.cuda_graph = True
+            engine.cuda_graph = True
         nbytes = decode_bytes_per_token(config, n + decode_tokens // 2, packed_experts=True)
         rows.append({
             "prompt_tokens": n,

@@ -1,23 +1,31 @@
-"""Token generation for the PyTorch gpt-oss: KV cache reuse, chunked prefill, sampling."""
+"""The loaded gpt-oss as a `Model`: validation, then an engine that generates.
+
+The PyTorch path batches: `BatchEngine` decodes every concurrent `generate()` together over one
+page pool, with the prefixes of earlier prompts cached. A backend without batched kernels (the
+Triton one, today) runs `OneSequence`, one generation at a time in a contiguous cache.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterator, Sequence
 
 import torch
 
+from .batching import BatchEngine, EngineStats
 from .config import ModelConfig
+from .kv_pages import PAGE_SIZE, PagePool
+from .one_sequence import OneSequence
 from .protocol import Sampling
 from .transformer import KVCache, Transformer
-from .triton.decode_graph import DecodeStep
 
 
 class GptOss:
     """A loaded gpt-oss model: `.logits(tokens)` and `.generate(prompt, ...)` (the Model protocol).
 
-    One KV cache, allocated on first use for `max_context` positions and updated in place, holds
-    the keys and values of `self.cached` (exactly those tokens, after every yielded token). A new
-    prompt reuses its longest common prefix with them, even when it diverges mid-prefix.
+    `cache_tokens` (batching only) sizes the page pool that all sequences share: the running
+    ones' tokens and the cached prefixes of finished ones. It must hold at least `max_context`
+    so that any one sequence fits; the default, twice that, keeps two long conversations cached.
     """
 
     def __init__(
@@ -27,6 +35,8 @@ class GptOss:
         max_context: int | None = None,
         prefill_chunk: int = 256,
         cuda_graph: bool = False,
+        batching: bool = True,
+        cache_tokens: int | None = None,
         keepalive: object = None,
     ) -> None:
         self.transformer = transformer
@@ -40,19 +50,49 @@ class GptOss:
                 f"max_context must be between 1 and the model's context length "
                 f"{self.config.context_length}, got {self.max_context}"
             )
+        self.cache_tokens = cache_tokens or 2 * self.max_context
+        if self.cache_tokens < self.max_context:
+            raise ValueError(
+                f"cache_tokens ({self.cache_tokens}) must hold at least max_context "
+                f"({self.max_context})"
+            )
         self.prefill_chunk = prefill_chunk
-        # One-token steps through `DecodeStep` (the Triton backend): a CUDA graph on a GPU.
-        self.cuda_graph = cuda_graph
-        self._step: DecodeStep | None = None
-        self.cache: KVCache | None = None
-        self.cached: list[int] = []
-        self._epoch = 0  # bumped by every generate(): an older, abandoned generator must not resume
+        self.batching = batching
+        self._cuda_graph = cuda_graph
+        self._engine: BatchEngine | OneSequence | None = None
+        self._lock = threading.Lock()
         self._keepalive = keepalive  # memory-mapped checkpoint files backing the weights
+
+    @property
+    def engine(self) -> BatchEngine | OneSequence:
+        """Made at first use: the cache is allocated then, not at load time."""
+        with self._lock:
+            if self._engine is None:
+                if self.batching:
+                    pool = PagePool(self.config, -(-self.cache_tokens // PAGE_SIZE), self.device,
+                                    self.dtype)  # fmt: skip
+                    self._engine = BatchEngine(self.transformer, pool,
+                                               max_context=self.max_context,
+                                               prefill_chunk=self.prefill_chunk)  # fmt: skip
+                else:
+                    self._engine = OneSequence(self.transformer, max_context=self.max_context,
+                                               prefill_chunk=self.prefill_chunk,
+                                               cuda_graph=self._cuda_graph)  # fmt: skip
+            return self._engine
+
+    @property
+    def stats(self) -> EngineStats:
+        return self.engine.stats
 
     @property
     def graph_captured(self) -> bool:
         """Whether one-token steps replay a captured CUDA graph (after the first one)."""
-        return self._step is not None and self._step.graph is not None
+        engine = self._engine
+        return (
+            isinstance(engine, OneSequence)
+            and engine._step is not None
+            and (engine._step.graph is not None)
+        )
 
     @property
     def device(self) -> torch.device:
@@ -79,8 +119,8 @@ class GptOss:
         return torch.cat(parts)
 
     def reset(self) -> None:
-        """Forget the cached tokens (the buffers stay allocated)."""
-        self.cached = []
+        """Forget the cached prompts."""
+        self.engine.reset()
 
     def generate(
         self,
@@ -90,7 +130,8 @@ class GptOss:
         max_tokens: int,
         sampling: Sampling = Sampling(),  # noqa: B008 (frozen dataclass)
     ) -> Iterator[int]:
-        """Stream the tokens that follow `prompt`, the stop token included."""
+        """Stream the tokens that follow `prompt`, the stop token included. Safe to call from
+        many threads at once; each generator may be consumed, or dropped, independently."""
         prompt = list(prompt)
         if not prompt:
             raise ValueError("prompt must not be empty")
@@ -102,78 +143,4 @@ class GptOss:
         vocab = self.config.vocab_size
         if bad := [t for t in prompt if not 0 <= t < vocab]:
             raise ValueError(f"token id {bad[0]} is outside the model's vocabulary of {vocab}")
-        self._epoch += 1
-        return self._generate(prompt, set(stop_tokens), max_tokens, sampling, self._epoch)
-
-    @torch.inference_mode()
-    def _generate(
-        self, prompt: list[int], stop: set[int], max_tokens: int, sampling: Sampling, epoch: int
-    ) -> Iterator[int]:
-        if max_tokens <= 0:
-            return
-        gen = None
-        if sampling.temperature > 0:
-            gen = torch.Generator(device=self.device)
-            if sampling.seed is None:
-                gen.seed()
-            else:
-                gen.manual_seed(sampling.seed)
-        logits = self.prefill(prompt)
-        for n in range(max_tokens):
-            token = sample(logits, sampling, gen)
-            yield token  # the cache holds exactly self.cached here, `token` not yet included
-            if epoch != self._epoch:
-                raise RuntimeError("this generator was superseded by a newer generate() call")
-            if token in stop or n == max_tokens - 1 or len(self.cached) >= self.max_context:
-                return  # (a full context ends generation like max_tokens would)
-            logits = self._forward([token])
-
-    def prefill(self, tokens: list[int]) -> torch.Tensor:
-        """Make the cache hold `tokens`, reusing the common prefix -> next-token logits (vocab,)."""
-        keep = 0
-        for a, b in zip(self.cached, tokens, strict=False):
-            if a != b:
-                break
-            keep += 1
-        keep = min(keep, len(tokens) - 1)  # at least one token must run to give logits
-        del self.cached[keep:]
-        logits = None
-        for i in range(keep, len(tokens), self.prefill_chunk):
-            logits = self._forward(tokens[i : i + self.prefill_chunk])
-        assert logits is not None
-        return logits
-
-    def _forward(self, tokens: list[int]) -> torch.Tensor:
-        """Append `tokens` to the cache -> logits of the last one, valid until the next call
-        (a CUDA graph reuses its buffer); the bookkeeping moves only once the forward completed."""
-        start = len(self.cached)
-        if start + len(tokens) > self.max_context:
-            raise ValueError(
-                f"context of {start + len(tokens)} tokens exceeds max_context ({self.max_context})"
-            )
-        if self.cache is None:
-            self.cache = KVCache(self.config, self.max_context, self.device, self.dtype)
-        if len(tokens) == 1 and self.cuda_graph:
-            if self._step is None:
-                capture = self.device.type == "cuda"
-                self._step = DecodeStep(self.transformer, self.cache, capture=capture)
-            logits = self._step(tokens[0], start)
-        else:
-            ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
-            logits = self.transformer(ids, start, self.cache, last_only=True)[0]
-        self.cached.extend(tokens)
-        return logits
-
-
-def sample(logits: torch.Tensor, sampling: Sampling, gen: torch.Generator | None) -> int:
-    """Greedy at temperature 0, else temperature + nucleus (top-p) sampling."""
-    if sampling.temperature == 0 or gen is None:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-    if sampling.top_p < 1:
-        p, idx = probs.sort(descending=True)
-        keep = p.cumsum(0) - p < sampling.top_p  # the smallest prefix whose mass reaches top_p
-        p = p * keep
-        choice = torch.multinomial(p / p.sum(), 1, generator=gen)
-        return int(idx[choice])
-    return int(torch.multinomial(probs, 1, generator=gen))
+        return self.engine.stream(prompt, set(stop_tokens), max_tokens, sampling)

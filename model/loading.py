@@ -48,6 +48,7 @@ def load_model(
     *,
     experts: Experts = "auto",
     max_context: int | None = None,
+    cache_tokens: int | None = None,
     cuda_graph: bool | None = None,
     progress: bool | None = None,
 ) -> GptOss:
@@ -58,7 +59,9 @@ def load_model(
     under TRITON_INTERPRET=1); None picks triton on CUDA when triton is installed, else torch.
     experts: "auto" keeps them as stored; "mxfp4" keeps them packed and dequantises each expert
     when used (gpt-oss-20b fits a 24 GiB machine this way); "dense" unpacks them at load.
-    max_context: KV-cache length (default 32768 tokens on CUDA, 8192 on the CPU).
+    max_context: the most tokens one sequence holds (default 32768 on CUDA, 8192 on the CPU).
+    cache_tokens: the KV pages all concurrent sequences and cached prefixes share (torch backend;
+    default twice max_context).
     cuda_graph: decode steps replayed as a CUDA graph (triton backend only; the default there
     with MXFP4 experts).
     progress: a progress bar on stderr; None shows it only on a terminal.
@@ -99,7 +102,7 @@ def load_model(
     tensors = repack(_progress(ckpt.tensors(), ckpt, progress), packed, dtype)
     return build_model(
         config, tensors, packed=packed, dtype=dtype, device=dev, backend=backend,
-        max_context=max_context, cuda_graph=cuda_graph, keepalive=ckpt,
+        max_context=max_context, cache_tokens=cache_tokens, cuda_graph=cuda_graph, keepalive=ckpt,
     )  # fmt: skip
 
 
@@ -112,6 +115,7 @@ def build_model(
     device: torch.device,
     backend: str,
     max_context: int | None = None,
+    cache_tokens: int | None = None,
     cuda_graph: bool | None = None,
     keepalive: object = None,
 ) -> GptOss:
@@ -136,7 +140,9 @@ def build_model(
     # The Triton attention never holds a (T, S) score matrix, and on a GPU longer chunks mean
     # bigger matrix products and fewer launches; the PyTorch path keeps its scores bounded.
     chunk = 2048 if backend == "triton" and device.type == "cuda" else 256
+    # The Triton kernels attend over one contiguous cache: no batching there yet.
     return GptOss(model, max_context=max_context, prefill_chunk=chunk, cuda_graph=cuda_graph,
+                  batching=backend != "triton", cache_tokens=cache_tokens,
                   keepalive=keepalive)  # fmt: skip
 
 

@@ -1,13 +1,18 @@
-"""gpt-oss in plain PyTorch: one sequence (no batch dimension), optional in-place KV cache.
+"""gpt-oss in plain PyTorch: tokens (T,) or a batch (B, T), optional KV cache.
 
-Shapes: T = new tokens, S = attended keys, H = hidden size, nh / nkv = query / key-value heads,
-hd = head dim, E = experts, A = active experts per token, I = expert intermediate size.
-Parameter names follow the reference (`original/`) checkpoint.
+Shapes: B = sequences, T = new tokens, S = attended keys, H = hidden size, nh / nkv = query /
+key-value heads, hd = head dim, E = experts, A = active experts per token, I = expert intermediate
+size. Parameter names follow the reference (`original/`) checkpoint.
+
+Every row of a batch has its own start position, and the cache decides which keys a row attends
+to: `KVCache` holds one sequence contiguously, `kv_pages.PagedBatch` many in shared pages. The
+MoE sees the batch's tokens as one set, so each expert a step needs is read once.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +23,21 @@ from .config import ModelConfig
 from .mxfp4 import dequantize
 
 # --- cache -----------------------------------------------------------------------------------
+
+
+class KVLayer(Protocol):
+    """Where one layer's keys and values live: the cache decides what each row attends to."""
+
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor, window: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
+        """Store the new k / v (B, nkv, T, hd) of rows starting at `start` -> the keys and values
+        each row attends to (B, nkv, S, hd) and the position of each row's first key."""
+        ...
+
+
+class Cache(Protocol):
+    def layer(self, i: int) -> KVLayer: ...
 
 
 class KVCache:
@@ -42,6 +62,27 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
+    def layer(self, i: int) -> CacheLayer:
+        return CacheLayer(self.k[i], self.v[i])
+
+
+class CacheLayer:
+    """One layer of a `KVCache`: (nkv, L, hd) buffers that new keys and values are written into."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v = k, v
+
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, start: int, window: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Store k / v (1, nkv, T, hd) at positions start.. -> the keys and values to attend to
+        (1, nkv, S, hd) and the position of the first."""
+        end = start + k.shape[-2]
+        self.k[:, start:end] = k[0]
+        self.v[:, start:end] = v[0]
+        first = 0 if window is None else max(0, start - window + 1)
+        return self.k[None, :, first:end], self.v[None, :, first:end], first
+
 
 # --- modules, in reading order ---------------------------------------------------------------
 
@@ -64,22 +105,36 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         start: int | torch.Tensor = 0,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
-        """tokens (T,) at positions start..start+T-1 -> logits (T, vocab), or (1, vocab).
+        """tokens (T,) at positions start..start+T-1 -> logits (T, vocab), or (1, vocab); or a
+        batch (B, T) starting at `start`, one int for all rows or a (B,) int64 tensor -> (B, T or
+        1, vocab).
 
-        start may be a (1,) int64 tensor on the device with the Triton attention (CUDA graphs).
+        With (T,) tokens start may be a (1,) int64 tensor on the device with the Triton attention
+        (CUDA graphs).
         """
-        x = self.embedding(tokens)  # (T, H)
-        positions = start + torch.arange(len(tokens), device=tokens.device)
+        return self.unembedding(self.hidden(tokens, start, cache, last_only))
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        start: int | torch.Tensor = 0,
+        cache: Cache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """The final normed hidden states (..., T or 1, H): `forward` before the unembedding."""
+        x = self.embedding(tokens)  # (T, H) or (B, T, H)
+        steps = torch.arange(tokens.shape[-1], device=tokens.device)
+        batched = tokens.dim() == 2 and isinstance(start, torch.Tensor)
+        positions = start[:, None] + steps if batched else start + steps  # (T,) or (B, T)
         cos, sin = rope_cos_sin(positions, self.inv_freq, self.config)
         for i, block in enumerate(self.block):
-            kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            x = block(x, start, cos, sin, kv)
+            x = block(x, start, cos, sin, None if cache is None else cache.layer(i))
         if last_only:
-            x = x[-1:]
-        return self.unembedding(self.norm(x))
+            x = x[..., -1:, :]
+        return self.norm(x)
 
 
 class Block(nn.Module):
@@ -94,7 +149,7 @@ class Block(nn.Module):
         start: int | torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        kv: KVLayer | None,
     ) -> torch.Tensor:
         x = x + self.attn(x, start, cos, sin, kv)
         return x + self.mlp(x)
@@ -131,25 +186,23 @@ class AttentionBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        start: int,
+        start: int | torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        kv: KVLayer | None,
     ) -> torch.Tensor:
-        t = x.shape[0]
-        qkv = self.qkv(self.norm(x))  # (T, (nh + 2 nkv) hd)
+        if x.dim() == 2:  # one sequence: a batch of one
+            return self(x[None], start, cos, sin, kv)[0]
+        b, t, _ = x.shape
+        qkv = self.qkv(self.norm(x))  # (B, T, (nh + 2 nkv) hd)
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
-        q = apply_rope(q.view(t, self.nh, self.hd), cos, sin)
-        k = apply_rope(k.view(t, self.nkv, self.hd), cos, sin)
-        k, v = k.transpose(0, 1), v.view(t, self.nkv, self.hd).transpose(0, 1)  # (nkv, T, hd)
+        q = apply_rope(q.view(b, t, self.nh, self.hd), cos, sin)
+        k = apply_rope(k.view(b, t, self.nkv, self.hd), cos, sin).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(b, t, self.nkv, self.hd).transpose(1, 2)
         first = start  # position of the first key in k / v
         if kv is not None:
-            end = start + t
-            kv[0][:, start:end] = k
-            kv[1][:, start:end] = v
-            first = 0 if self.window is None else max(0, start - self.window + 1)
-            k, v = kv[0][:, first:end], kv[1][:, first:end]  # (nkv, S, hd)
-        o = attention(q, k, v, self.sinks, start, first, self.window)  # (T, nh hd)
+            k, v, first = kv.update(k, v, start, self.window)
+        o = attention(q, k, v, self.sinks, start, first, self.window)  # (B, T, nh hd)
         return self.out(o)
 
 
@@ -158,31 +211,43 @@ def attention(
     k: torch.Tensor,
     v: torch.Tensor,
     sinks: torch.Tensor,
-    q_start: int,
-    k_start: int,
+    q_start: int | torch.Tensor,
+    k_start: int | torch.Tensor,
     window: int | None,
 ) -> torch.Tensor:
     """Causal (optionally sliding-window) GQA attention with one sink logit per head: the sink
     is one more softmax column that has no value.
 
     q (..., T, nh, hd) at positions q_start.., k / v (..., nkv, S, hd) at positions k_start..
-    -> (..., T, nh hd); any leading dimensions are a batch.
+    -> (..., T, nh hd); any leading dimensions are a batch. The starts are ints, or (B,) tensors
+    for a batch (B, ...) whose rows start apart: keys past a row's last query are masked, so
+    rows of different lengths pad their keys at the end.
     """
     *batch, t, nh, hd = q.shape
     nkv, s = k.shape[-3], k.shape[-2]
     rep = nh // nkv
     q = q.reshape(*batch, t, nkv, rep, hd).movedim(-4, -2)  # (..., nkv, rep, T, hd)
     scores = (q @ k.transpose(-1, -2).unsqueeze(-3)).float() / math.sqrt(hd)  # (.., nkv, rep, T, S)
-    qpos = torch.arange(q_start, q_start + t, device=q.device)[:, None]
-    kpos = torch.arange(k_start, k_start + s, device=q.device)[None, :]
+    qpos = _positions(q_start, t, q.device)[..., :, None]  # (T, 1) or (B, T, 1)
+    kpos = _positions(k_start, s, q.device)[..., None, :]  # (1, S) or (B, 1, S)
     allowed = kpos <= qpos
     if window is not None:
         allowed &= qpos - kpos < window
+    if allowed.dim() == 3:  # (B, T, S) -> (B, 1, 1, T, S)
+        allowed = allowed[:, None, None]
     scores = scores.masked_fill(~allowed, float("-inf"))
     sink = sinks.float().view(nkv, rep, 1, 1).expand(*batch, nkv, rep, t, 1)
     probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     o = probs.to(v.dtype) @ v.unsqueeze(-3)  # (..., nkv, rep, T, hd)
     return o.movedim(-2, -4).reshape(*batch, t, nh * hd)
+
+
+def _positions(start: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """start.. start+n-1: (n,) for an int, (B, n) for a (B,) tensor of starts."""
+    steps = torch.arange(n, device=device)
+    if isinstance(start, torch.Tensor) and start.dim() == 1 and start.numel() > 1:
+        return start[:, None].to(device) + steps
+    return start + steps
 
 
 class MLPBlock(nn.Module):
@@ -202,7 +267,11 @@ class MLPBlock(nn.Module):
         return route(self.gate(x), self.top_k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.norm(x)  # (T, H)
+        # The tokens of a batch are one set to route: an expert is read once per step.
+        return self._moe(self.norm(x).reshape(-1, x.shape[-1])).view(x.shape)
+
+    def _moe(self, t: torch.Tensor) -> torch.Tensor:
+        """Routed experts on normalised tokens t (T, H)."""
         ids, weights = self.route(t)  # (T, A) each
         flat = ids.flatten()  # (T A,)
         order = flat.argsort()
@@ -369,16 +438,16 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
 def rope_cos_sin(
     positions: torch.Tensor, inv_freq: torch.Tensor, config: ModelConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Angles in fp32 from integer positions -> cos, sin (T, hd/2) in fp32, YaRN-scaled."""
+    """Angles in fp32 from integer positions (...) -> cos, sin (..., hd/2) in fp32, YaRN-scaled."""
     concentration = 0.1 * math.log(config.rope_scaling_factor) + 1.0
     if config.rope_scaling_factor <= 1:
         concentration = 1.0
-    angles = positions.float()[:, None] * inv_freq.float()[None, :]
+    angles = positions.float()[..., None] * inv_freq.float()
     return angles.cos() * concentration, angles.sin() * concentration
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Half-split (NeoX) rotation of x (T, heads, hd), computed in fp32."""
+    """Half-split (NeoX) rotation of x (..., T, heads, hd) by cos / sin (..., T, hd/2), in fp32."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    c, s = cos[:, None], sin[:, None]
+    c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)

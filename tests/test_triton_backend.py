@@ -16,6 +16,8 @@ from harmony_agent.model import Sampling, load_model
 from harmony_agent.model.checkpoint import write_random_checkpoint
 from harmony_agent.model.config import ModelConfig
 from harmony_agent.model.gpt_oss import GptOss
+from harmony_agent.model.one_sequence import OneSequence
+from harmony_agent.model.transformer import KVCache
 from harmony_agent.model.triton.common import kernel_test_mode
 from harmony_agent.model.triton.decode_graph import DecodeStep
 
@@ -75,23 +77,27 @@ def test_decode_steps_with_the_position_in_memory_match_torch(folder: Path) -> N
     """The step a CUDA graph replays (captured on a GPU, run as it is under the interpreter):
     one token at a time from position 0, past the window, logits and cache as the torch path."""
     ref, tri = load(folder, triton=False), load(folder, triton=True)
-    assert tri.cuda_graph and not ref.cuda_graph
-    ref.prefill(PROMPT)
-    tri.prefill(PROMPT[:1])  # allocates the cache; then every other token is a step
+    engine = tri.engine
+    assert isinstance(engine, OneSequence) and engine.cuda_graph
+    engine.prefill(PROMPT[:1])  # allocates the cache; then every other token is a step
     for pos in range(1, len(PROMPT)):
-        logits = tri.prefill(PROMPT[: pos + 1])
-    assert isinstance(tri._step, DecodeStep)
+        logits = engine.prefill(PROMPT[: pos + 1])
+    assert isinstance(engine._step, DecodeStep)
     assert tri.graph_captured == (DEVICE == "cuda")
-    torch.testing.assert_close(logits, ref.prefill(PROMPT), rtol=1e-4, atol=1e-4)
-    assert ref.cache is not None and tri.cache is not None
+    torch.testing.assert_close(logits, ref.logits(PROMPT)[-1], rtol=1e-4, atol=1e-4)
     n = len(PROMPT)
-    for a, b in zip(ref.cache.k + ref.cache.v, tri.cache.k + tri.cache.v, strict=True):
-        torch.testing.assert_close(b[:, :n], a[:, :n], rtol=1e-4, atol=1e-5)
+    want = KVCache(CONFIG, n, torch.device(DEVICE), torch.float32)
+    with torch.inference_mode():
+        ref.transformer(torch.tensor(PROMPT, device=DEVICE), 0, want)
+    assert engine.cache is not None
+    for a, b in zip(want.k + want.v, engine.cache.k + engine.cache.v, strict=True):
+        torch.testing.assert_close(b[:, :n], a, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="needs a capture that fails: CPU tensors")
 def test_a_failed_capture_warns_and_decodes_eagerly(folder: Path) -> None:
-    tri = load(folder, triton=True)
+    tri = load(folder, triton=True).engine
+    assert isinstance(tri, OneSequence)
     want = tri.prefill(PROMPT).clone()
     tri.prefill(PROMPT[:-1])
     assert tri.cache is not None
@@ -106,7 +112,7 @@ def test_eager_decode_without_cuda_graph(folder: Path) -> None:
     ref, tri = load(folder, triton=False), load(folder, triton=True, cuda_graph=False)
     want = list(ref.generate(PROMPT, stop_tokens=[], max_tokens=3, sampling=GREEDY))
     assert list(tri.generate(PROMPT, stop_tokens=[], max_tokens=3, sampling=GREEDY)) == want
-    assert tri._step is None
+    assert isinstance(tri.engine, OneSequence) and tri.engine._step is None
 
 
 def test_cuda_graph_needs_the_triton_backend(folder: Path) -> None:
@@ -140,7 +146,7 @@ def test_dense_experts_keep_the_pytorch_moe_and_no_graph(folder: Path) -> None:
     ref = load(folder, triton=False)
     tri = load_model(folder, device=DEVICE, backend="triton", progress=False, max_context=32,
                      experts="dense")  # fmt: skip
-    assert not tri.cuda_graph
+    assert isinstance(tri.engine, OneSequence) and not tri.engine.cuda_graph
     assert all(isinstance(b.attn, TritonAttentionBlock) for b in tri.transformer.block)
     torch.testing.assert_close(tri.logits(PROMPT), ref.logits(PROMPT), rtol=1e-4, atol=1e-4)
     want = list(ref.generate(PROMPT, stop_tokens=[], max_tokens=3, sampling=GREEDY))

@@ -23,15 +23,7 @@ from ..checkpoint import Checkpoint, repack
 from ..config import ModelConfig
 from ..mxfp4 import dequantize, quantize
 from ..train import FinetuneError
-from ..transformer import (
-    AttentionBlock,
-    DenseExperts,
-    Transformer,
-    apply_rope,
-    attention,
-    rope_cos_sin,
-    rope_inv_freq,
-)
+from ..transformer import DenseExperts, Transformer, rope_inv_freq
 from .data import CompactVocab, Example
 
 # --- models ------------------------------------------------------------------------------------
@@ -128,55 +120,44 @@ def forward_batch(
     """tokens (B, T), right-padded, at positions 0..T-1 -> logits (B, T - prefix, V) for the
     positions from `prefix` on (`hidden`: the normed final hidden states (B, T - prefix, H)).
 
-    The same computation as `Transformer.forward` for each row (which takes one sequence), with
-    the module's own parameters; causal masking keeps padding out of every real token's result.
-    The first `prefix` tokens must be the same in every row (a shared system prompt): they run
-    once, and the rows attend to their keys and values, which is exact and saves most of the
-    work when the prompt is long and the trained part short.
+    Causal masking keeps padding out of every real token's result. The first `prefix` tokens
+    must be the same in every row (a shared system prompt): they run once, and the rows attend
+    to their keys and values, which is exact and saves most of the work when the prompt is long
+    and the trained part short.
     """
-    t = tokens.shape[1]
-    head = tokens[:1, :prefix]  # (1, P)
-    xp, xs = tf.embedding(head), tf.embedding(tokens[:, prefix:])  # (1, P, H), (B, S, H)
-    positions = torch.arange(t, device=tokens.device)
-    cos, sin = rope_cos_sin(positions, tf.inv_freq, tf.config)
-    for block in tf.block:
-        kv = None
-        if prefix:
-            ap, kv = _attention_batch(block.attn, xp, cos[:prefix], sin[:prefix], 0, None)
-            xp = xp + ap
-        xs = xs + _attention_batch(block.attn, xs, cos[prefix:], sin[prefix:], prefix, kv)[0]
-        # One MoE call for all tokens: it routes tokens, the rows do not matter.
-        flat = torch.cat([xp.reshape(-1, xp.shape[-1]), xs.reshape(-1, xs.shape[-1])])
-        out = block.mlp(flat)
-        xp = xp + out[: xp.shape[1]].view(xp.shape)
-        xs = xs + out[xp.shape[1] :].view(xs.shape)
-    xs = tf.norm(xs)
-    return xs if hidden else tf.unembedding(xs)
+    shared = SharedPrefix()
+    if prefix:
+        tf.hidden(tokens[:1, :prefix], 0, shared)  # stores the prefix's keys and values
+    h = tf.hidden(tokens[:, prefix:], prefix, shared)
+    return h if hidden else tf.unembedding(h)
 
 
-def _attention_batch(
-    attn: AttentionBlock,
-    x: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    start: int,
-    past: tuple[torch.Tensor, torch.Tensor] | None,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """x (B, T, H) at positions start.. attending to `past` keys / values (1, nkv, start, hd)
-    and to itself -> (out (B, T, H), (k, v) of x)."""
-    b, t, _ = x.shape
-    nh, nkv, hd = attn.nh, attn.nkv, attn.hd
-    qkv = attn.qkv(attn.norm(x))  # (B, T, (nh + 2 nkv) hd)
-    q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-    q = apply_rope(q.view(b, t, nh, hd), cos, sin)  # cos (T, 1, hd/2) broadcasts over B
-    k = apply_rope(k.view(b, t, nkv, hd), cos, sin).transpose(1, 2)  # (B, nkv, T, hd)
-    v = v.view(b, t, nkv, hd).transpose(1, 2)
-    own = (k, v)
-    if past is not None:
-        k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)  # (B, nkv, S, hd)
+class SharedPrefix:
+    """A cache for rows with the same first tokens: the first forward stores the keys and values
+    of one copy of them, later forwards' rows attend to those and to their own. Nothing is written
+    in place, so gradients flow through both."""
+
+    def __init__(self) -> None:
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def layer(self, i: int) -> _SharedLayer:
+        return _SharedLayer(self.kv, i)
+
+
+class _SharedLayer:
+    def __init__(self, kv: dict[int, tuple[torch.Tensor, torch.Tensor]], i: int) -> None:
+        self.kv, self.i = kv, i
+
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor, window: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
+        past = self.kv.setdefault(self.i, (k, v))
+        if past[0] is k:  # the prefix itself
+            return k, v, start
+        b = k.shape[0]
+        k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)  # (B, nkv, P + T, hd)
         v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
-    o = attention(q, k, v, attn.sinks, start, start + t - k.shape[2], attn.window)
-    return attn.out(o), own
+        return k, v, start - past[0].shape[2]
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor, zero_rows: int = 0) -> torch.Tensor:

@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..transformer import AttentionBlock, Block, MLPBlock, MXFP4Experts, RMSNorm, Transformer
+from ..transformer import (
+    AttentionBlock,
+    Block,
+    CacheLayer,
+    MLPBlock,
+    MXFP4Experts,
+    RMSNorm,
+    Transformer,
+)
 from .attention import attention
 from .moe import kernel_layout, moe, route
 from .norm import add_rms_norm, rms_norm
@@ -48,7 +56,7 @@ class TritonAttentionBlock(nn.Module):
         start: int | torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        kv: CacheLayer | None,
     ) -> torch.Tensor:
         return self.out(self.attend(x, start, cos, sin, kv))
 
@@ -58,7 +66,7 @@ class TritonAttentionBlock(nn.Module):
         start: int | torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        kv: CacheLayer | None,
     ) -> torch.Tensor:
         """The attention output before the out projection, (T, nh hd). start: an int, or a (1,)
         int64 tensor on the device (a decode step that a CUDA graph replays at every position:
@@ -71,12 +79,12 @@ class TritonAttentionBlock(nn.Module):
             k = qkv[:, nh : nh + nkv].transpose(0, 1)  # (nkv, T, hd)
             v = qkv[:, nh + nkv :].transpose(0, 1)
             return attention(q, k, v, self.sinks, start, start, self.window)
-        rope_and_cache_(qkv, nh, cos, sin, kv[0], kv[1], start)
+        rope_and_cache_(qkv, nh, cos, sin, kv.k, kv.v, start)
         if isinstance(start, torch.Tensor):  # the whole cache; attention reads the position
-            return attention(q, kv[0], kv[1], self.sinks, start, 0, self.window)
+            return attention(q, kv.k, kv.v, self.sinks, start, 0, self.window)
         end = start + t
         first = 0 if self.window is None else max(0, start - self.window + 1)
-        k, v = kv[0][:, first:end], kv[1][:, first:end]  # (nkv, S, hd)
+        k, v = kv.k[:, first:end], kv.v[:, first:end]  # (nkv, S, hd)
         return attention(q, k, v, self.sinks, start, first, self.window)
 
 
@@ -128,7 +136,7 @@ class TritonBlock(nn.Module):
         start: int | torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        kv: CacheLayer | None,
     ) -> torch.Tensor:
         out = self.attn.out
         h = F.linear(self.attn.attend(x, start, cos, sin, kv), out.weight)  # bias added below
