@@ -3,11 +3,11 @@
 `generate()` may be called from many threads (each agent conversation streams from a worker
 thread). There is no engine thread: a consumer that needs a token and finds no step running runs
 one, for every sequence, and the others wait for its results. A step decodes one token of each
-running sequence together, then runs one chunk of the oldest pending prefill, so a long new
-prompt never stalls the sequences that are streaming. Sequences are admitted in arrival order
-while the page pool holds their prompts; one that needs a page the pool lacks preempts the
-newest running sequence, whose pages stay cached, so it resumes by recomputing little or
-nothing.
+running sequence together, then prefills at most `prefill_chunk` prompt tokens, oldest prompts
+first, so a long new prompt never stalls the sequences that are streaming. Sequences are
+admitted in arrival order while the page pool holds their prompts; one that needs a page the
+pool lacks preempts the newest running sequence, whose pages stay cached, so it resumes by
+recomputing little or nothing.
 """
 
 from __future__ import annotations
@@ -132,13 +132,19 @@ class BatchEngine:
                 self._waiting.popleft()
             self._admit()
             decoding = [s for s in self._running if s.pending == 1]
-            prefilling = next((s for s in self._running if s.pending > 1), None)
+            prefilling = [s for s in self._running if s.pending > 1]
         decoding = self._make_room(decoding)
         results: list[tuple[_Sequence, int]] = []
         if decoding:
             results += self._decode(decoding)
-        if prefilling is not None and prefilling.table is not None:
-            results += self._prefill(prefilling)
+        budget = self.prefill_chunk  # prompt tokens per step, oldest prompts first
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            if seq.table is not None:  # (not preempted just now)
+                n = min(budget, seq.pending)
+                results += self._prefill(seq, n)
+                budget -= n
         with self._cond:
             for seq, token in results:
                 self._emit(seq, token)
@@ -199,11 +205,11 @@ class BatchEngine:
             out.append((seq, sample(row, seq.sampling, seq.generator)))
         return out
 
-    def _prefill(self, seq: _Sequence) -> list[tuple[_Sequence, int]]:
+    def _prefill(self, seq: _Sequence, n: int) -> list[tuple[_Sequence, int]]:
         table = seq.table
         assert table is not None
         start = table.length
-        chunk = seq.tokens[start : start + self.prefill_chunk]
+        chunk = seq.tokens[start : start + n]
         device = self.pool.device
         ids = torch.tensor([chunk], device=device)
         batch = PagedBatch(self.pool, [table], [start], len(chunk))

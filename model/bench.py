@@ -153,6 +153,27 @@ def slice_config(preset: str, layers: int, experts: int | None, vocab: int | Non
     )
 
 
+def slice_checkpoint(
+    workdir: Path,
+    preset: str,
+    layers: int,
+    experts: int | None,
+    vocab: int | None,
+    print_fn: Callable[[str], None] = print,
+) -> Path:
+    """A random slice of the preset in the HF dense bf16 layout, written once and reused."""
+    from .checkpoint import write_random_checkpoint
+
+    config = slice_config(preset, layers, experts, vocab)
+    folder = workdir / (
+        f"{preset}-L{config.num_hidden_layers}-E{config.num_experts}-V{config.vocab_size}"
+    )
+    if not (folder / "config.json").is_file():
+        print_fn(f"writing a random {folder.name} checkpoint (HF layout, dense bf16)...")
+        write_random_checkpoint(folder, config, layout="hf", mxfp4=False)
+    return folder
+
+
 def run_bench(
     *,
     checkpoint: Path | None = None,
@@ -171,17 +192,11 @@ def run_bench(
     print_fn: Callable[[str], None] = print,
 ) -> dict[str, object]:
     """Write (or reuse) a slice checkpoint in the HF dense bf16 layout and time both models."""
-    from .checkpoint import Checkpoint, write_random_checkpoint
+    from .checkpoint import Checkpoint
 
     torch.set_num_threads(threads)
     if checkpoint is None:
-        config = slice_config(preset, layers, experts, vocab)
-        checkpoint = workdir / (
-            f"{preset}-L{config.num_hidden_layers}-E{config.num_experts}-V{config.vocab_size}"
-        )
-        if not (checkpoint / "config.json").is_file():
-            print_fn(f"writing a random {checkpoint.name} checkpoint (HF layout, dense bf16)...")
-            write_random_checkpoint(checkpoint, config, layout="hf", mxfp4=False)
+        checkpoint = slice_checkpoint(workdir, preset, layers, experts, vocab, print_fn)
     config = Checkpoint(checkpoint).config
     # the machine may be shared: measure around the runs and keep the best figures
     copy_bw, read_bw = copy_bandwidth(bandwidth_bytes), read_bandwidth(bandwidth_bytes)

@@ -116,6 +116,14 @@ def add_model_commands(subparsers: Any) -> None:
         default=[2048, 8192],
         help="on a GPU: prompt lengths to time (default: 2048 8192)",
     )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="decode N sequences at once (e.g. 1 4 8 16): aggregate and per-sequence tok/s as "
+        "ratios to 1, and the prefix cache's saving for two conversations taking turns",
+    )
     p.set_defaults(handler=_guard(_bench))
 
 
@@ -214,6 +222,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.concurrency:
+        return _bench_concurrency(args)
     if args.device != "cpu":
         from .bench_device import run_device_bench
 
@@ -240,6 +250,35 @@ def _bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         bandwidth_bytes=args.bandwidth_mib << 20,
     )
+    return 0
+
+
+def _bench_concurrency(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import slice_checkpoint
+    from .bench_concurrency import run_concurrency_bench
+    from .loading import load_model
+
+    levels = sorted(set(args.concurrency))
+    if levels[0] < 1:
+        raise ValueError("--concurrency takes numbers of sequences, 1 or more")
+    torch.set_num_threads(args.threads)
+    decode = args.decode or 32
+    checkpoint = args.checkpoint or slice_checkpoint(
+        args.workdir, args.preset, args.layers or 4, args.experts, args.vocab
+    )
+    per_sequence = args.prompt_len + decode + 64
+    model = load_model(
+        checkpoint, device=args.device, dtype=torch.bfloat16, experts=args.our_experts,
+        backend="torch", max_context=per_sequence, cache_tokens=levels[-1] * per_sequence,
+        progress=False,
+    )  # fmt: skip
+    print(
+        f"checkpoint {checkpoint} on {args.device}: {args.threads} threads, bf16, experts "
+        f"{args.our_experts}"
+    )
+    run_concurrency_bench(model, levels=levels, prompt_len=args.prompt_len, decode_tokens=decode)
     return 0
 
 
