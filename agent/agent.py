@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 from openai_harmony import Message
 
 from harmony_agent.model import Model, Sampling
+from harmony_agent.tools import BuiltinTool
 
 from .conversation import developer_message, strip_preamble, system_message
 from .events import AgentEvent, RunDone
@@ -31,7 +32,8 @@ class Agent:
 
     `run()` / `stream()` are for plain scripts; `arun()` / `astream()` for async programs. Tools
     that hold resources (the python kernel, the browser) live as long as the agent: close it with
-    `close()` / `aclose()` or use it as a (async) context manager.
+    `close()` / `aclose()` or use it as a (async) context manager. Their state (the kernel's
+    variables) outlives each run: `reset_tools()` clears it for a new conversation.
     """
 
     model: Model
@@ -96,7 +98,7 @@ class Agent:
 
     async def astream(
         self,
-        prompt: str,
+        prompt: str | None,
         *,
         history: History = None,
         transcript: str | os.PathLike[str] | None = None,
@@ -105,11 +107,15 @@ class Agent:
         """Run the agent on `prompt`, yielding events as they happen; the last is `RunDone`.
 
         `history` continues a conversation (a previous `RunResult` or its messages, e.g. from
-        `load_transcript`). `transcript` appends every message to that JSONL file as it completes;
-        a new file first gets the system and developer messages and the history. `context` is
-        handed to the function tools that take a `RunContext`, never shown to the model.
+        `load_transcript`); with `prompt` None the model answers the history as it stands (it
+        ends with a user message, or a tool's output given by the caller). `transcript`
+        appends every message to that JSONL file as it completes; a new file first gets the
+        system and developer messages and the history. `context` is handed to the function
+        tools that take a `RunContext`, never shown to the model.
         """
         past = strip_preamble(history.messages if isinstance(history, RunResult) else history or [])
+        if prompt is None and not past:
+            raise ValueError("prompt None continues a history, but the history is empty")
         run = RunLoop(self, prompt, past, transcript, context)
         try:
             async with aclosing(run.events()) as events:
@@ -120,7 +126,7 @@ class Agent:
 
     async def arun(
         self,
-        prompt: str,
+        prompt: str | None,
         *,
         history: History = None,
         transcript: str | os.PathLike[str] | None = None,
@@ -133,6 +139,11 @@ class Agent:
                 if isinstance(event, RunDone):
                     return event.result
         raise AssertionError("astream ended without RunDone")  # pragma: no cover
+
+    async def areset_tools(self) -> None:
+        """Clear the state tools keep between calls (the python kernel's variables): call it when
+        a new conversation starts, so that nothing of an earlier one carries over."""
+        await asyncio.gather(*(t.reset() for t in self.tools if isinstance(t, BuiltinTool)))
 
     async def aclose(self) -> None:
         """Shut down the tools' resources (kernels, browsers)."""
@@ -148,7 +159,7 @@ class Agent:
 
     def run(
         self,
-        prompt: str,
+        prompt: str | None,
         *,
         history: History = None,
         transcript: str | os.PathLike[str] | None = None,
@@ -161,7 +172,7 @@ class Agent:
 
     def stream(
         self,
-        prompt: str,
+        prompt: str | None,
         *,
         history: History = None,
         transcript: str | os.PathLike[str] | None = None,
@@ -184,6 +195,10 @@ class Agent:
                 yield event
         finally:
             self._sync(events.aclose())
+
+    def reset_tools(self) -> None:
+        """`areset_tools` for plain scripts."""
+        self._sync(self.areset_tools())
 
     def close(self) -> None:
         """`aclose` for plain scripts; also ends the agent's private event loop."""

@@ -1,4 +1,8 @@
-"""Many independent tasks, one result line each, resumable after an interruption."""
+"""Many independent tasks, one result line per attempt, resumable after an interruption.
+
+The results file is a history: every attempt appends a line, and a task's last line is its result.
+A rerun runs the tasks without a line and retries those whose last line did not complete.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,28 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from .agent import Agent
 from .result import RunResult
 from .transcript import drop_torn_line
 
+ERROR = "error"
+"""The status a result line records when the run raised instead of ending (the model failed)."""
+NOT_RUN = "not_run"
+"""A task's status while the results file has no line for it."""
+
 
 class BatchError(ValueError):
     """A tasks file that cannot be read; the message names the file and line."""
+
+
+class TaskFailed(Exception):
+    """A task's run raised (the model failed, not the task): `error` is what it raised."""
+
+    def __init__(self, task: Task, error: Exception) -> None:
+        super().__init__(f"task {task.id}: {error}")
+        self.task, self.error = task, error
 
 
 @dataclass(frozen=True)
@@ -50,17 +68,27 @@ def read_tasks(path: str | os.PathLike[str]) -> list[Task]:
     return tasks
 
 
-def done_ids(output: Path) -> set[str]:
-    """Ids already answered in `output` (a torn last line, from an interruption, is not)."""
-    if not output.exists():
-        return set()
-    done = set()
-    for line in output.read_text(encoding="utf-8").splitlines():
+def final_statuses(tasks: list[Task], output: str | os.PathLike[str]) -> dict[str, str]:
+    """Each task's status as the batch stands, in the tasks' order: that of its last line in
+    `output`, or `not_run` (a torn last line, from an interruption, does not count)."""
+    output = Path(output)
+    last: dict[str, str] = {}
+    lines = output.read_text(encoding="utf-8").splitlines() if output.exists() else []
+    for line in lines:
         try:
-            done.add(str(json.loads(line)["id"]))
+            record = json.loads(line)
+            last[str(record["id"])] = str(record["status"])
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    return done
+    return {t.id: last.get(t.id, NOT_RUN) for t in tasks}
+
+
+def to_run(tasks: list[Task], statuses: dict[str, str], *, retry: bool = True) -> list[Task]:
+    """The tasks not run yet and, with `retry`, those whose last result did not complete
+    (`statuses` from `final_statuses`)."""
+    return [
+        t for t in tasks if statuses[t.id] != "completed" and (retry or statuses[t.id] == NOT_RUN)
+    ]
 
 
 def run_batch(
@@ -68,17 +96,25 @@ def run_batch(
     tasks: list[Task],
     output: str | os.PathLike[str],
 ) -> Iterator[tuple[Task, RunResult]]:
-    """Run the tasks not yet in `output`, appending one JSON line per task as each finishes."""
+    """Run each task as a new conversation, appending one JSON line to `output` as each
+    finishes. A run that raises (the model failed) gets a line with status `error` and the
+    exception's message as its detail, and ends the batch with `TaskFailed`."""
     output = Path(output)
-    done = done_ids(output)
     if output.exists():
         drop_torn_line(output)  # an interrupted write
     with output.open("a", encoding="utf-8") as out:
         for task in tasks:
-            if task.id in done:
-                continue
-            result = agent.run(task.prompt)
-            record = {"id": task.id, "task": task.prompt, **result.to_dict()}
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
+            try:
+                agent.reset_tools()  # nothing of the previous task's kernel leaks into this one
+                result = agent.run(task.prompt)
+            except Exception as e:
+                record = {"id": task.id, "task": task.prompt, "final": None, "status": ERROR}
+                _write(out, {**record, "detail": f"{type(e).__name__}: {e}"})
+                raise TaskFailed(task, e) from e
+            _write(out, {"id": task.id, "task": task.prompt, **result.to_dict()})
             yield task, result
+
+
+def _write(out: IO[str], record: dict[str, Any]) -> None:
+    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    out.flush()

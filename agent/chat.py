@@ -3,7 +3,6 @@ current answer."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +10,12 @@ from pathlib import Path
 from openai_harmony import Message
 from rich.console import Console
 
-from harmony_agent.encoding import cache_dir
 from harmony_agent.model import ScriptExhausted
 
 from .agent import Agent
+from .chat_input import KEYS_HELP, message_reader
 from .conversation import strip_preamble
-from .events import RunDone
+from .events import RunDone, ToolCalled
 from .terminal import EventView
 from .transcript import TranscriptError, TranscriptWriter, load_transcript
 
@@ -25,12 +24,13 @@ HELP = """\
 /reasoning                 show or hide the model's reasoning
 /raw                       show or hide every message as raw harmony text
 /tools                     list the tools the model may call
-/reset                     start a new conversation
+/reset                     start a new conversation (and a fresh python kernel)
 /save FILE                 save the conversation as a JSONL transcript
 /load FILE                 continue a conversation from a transcript
 /help                      this help
 /quit                      leave (also Ctrl-D)
-Ctrl-C stops the answer being generated; the conversation stays as it was before it."""
+Ctrl-C stops the answer being generated; the conversation stays as it was before it (what
+its tool calls did, such as files written, stays too)."""
 
 
 class Chat:
@@ -53,7 +53,7 @@ class Chat:
         )
         self.transcript = transcript
         self.history: list[Message] = load_transcript(transcript) if _exists(transcript) else []
-        self.read_line = read_line or _readline_input()
+        self.read_line = read_line or message_reader()
         self._commands: dict[str, Callable[[str], bool]] = {
             "/effort": self._effort,
             "/reasoning": self._reasoning,
@@ -102,18 +102,29 @@ class Chat:
 
     def ask(self, prompt: str) -> None:
         """One user turn: stream the agent's answer; Ctrl-C abandons the turn."""
+        called: list[str] = []  # tools this turn ran: what they did outlives an abandoned turn
         try:
             for event in self.agent.stream(prompt, history=self.history,
                                            transcript=self.transcript):  # fmt: skip
                 self.view(event)
+                if isinstance(event, ToolCalled):
+                    called.append(event.call.recipient)
                 if isinstance(event, RunDone):
                     self.history = event.result.messages
         except KeyboardInterrupt:
             self.view.close()
-            self.console.print("\n[yellow]stopped[/yellow] (this turn is not kept)")
+            self.console.print(f"\n[yellow]stopped[/yellow] ({self._not_kept(called)})")
         except ScriptExhausted as e:  # the conversation so far stays: /save still works
             self.view.close()
-            self.console.print(f"error: {e} (this turn is not kept)", style="red", markup=False)
+            self.console.print(f"error: {e} ({self._not_kept(called)})", style="red", markup=False)
+
+    def _not_kept(self, called: list[str]) -> str:
+        """What an abandoned turn leaves: the conversation drops it, its tools' effects stay."""
+        known = set(self.agent.tool_recipients())  # a call to no tool did nothing
+        tools = [t for t in dict.fromkeys(called) if t in known]
+        if not tools:
+            return "this turn is not kept"
+        return f"this turn is not kept; the effects of its {', '.join(tools)} calls remain"
 
     def _effort(self, argument: str) -> bool:
         if argument:
@@ -141,6 +152,7 @@ class Chat:
 
     def _reset(self, _: str) -> bool:
         self.history = []
+        self.agent.reset_tools()  # a fresh python kernel: no variables of the old conversation
         self.console.print("new conversation")
         return True
 
@@ -172,37 +184,14 @@ class Chat:
         except TranscriptError as e:
             self.console.print(str(e), style="red")
             return True
+        self.agent.reset_tools()  # the kernel's state belonged to the conversation left
         self.console.print(f"loaded {len(self.history)} messages from {argument}")
         return True
 
     def _help(self, _: str) -> bool:
-        self.console.print(HELP, highlight=False, markup=False)
+        self.console.print(f"{HELP}\n{KEYS_HELP}.", highlight=False, markup=False)
         return True
 
 
 def _exists(path: str | None) -> bool:
     return path is not None and os.path.exists(path) and os.path.getsize(path) > 0
-
-
-def _readline_input() -> Callable[[str], str]:
-    """`input` with line editing and a history kept across sessions, where readline exists."""
-    try:
-        import readline
-    except ImportError:  # e.g. Windows without pyreadline
-        return input
-    history = cache_dir() / "chat_history"
-    try:
-        history.parent.mkdir(parents=True, exist_ok=True)
-        if history.exists():
-            readline.read_history_file(history)
-    except OSError:
-        return input
-
-    def read(prompt: str) -> str:
-        line = input(prompt)
-        if line.strip():
-            with contextlib.suppress(OSError):  # a read-only home must not end the chat
-                readline.write_history_file(history)
-        return line
-
-    return read

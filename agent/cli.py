@@ -15,6 +15,7 @@ from rich.console import Console
 
 from harmony_agent.model import EncodingError, Sampling, ScriptedModel, ScriptExhausted
 from harmony_agent.tools import FunctionTool
+from harmony_agent.tools.browser.search import SEARCH_ENV, SEARCH_SERVICES
 from harmony_agent.tools.plugins import PluginError, installed_plugins, load_reference
 
 from .agent import Agent
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON document: final answer, status, messages, usage",
+        help="print one JSON document: final answer, status, messages, usage (with --batch: "
+        "the batch's summary, its counts by status and each task's id and status)",
     )
     run.add_argument(
         "--transcript",
@@ -120,13 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--batch",
         metavar="TASKS",
-        help='run every task of a JSONL file (lines {"id": ..., "task": "..."} or strings); '
-        "one result line each goes to --output; rerunning skips tasks already answered",
+        help='run every task of a JSONL file (lines {"id": ..., "task": "..."} or strings), each '
+        "as a new conversation; every attempt appends a result line to --output, and a task's "
+        "last line is its result: a rerun runs the tasks without one and retries those that did "
+        f"not complete. Exit {EXIT_OK} when every task completed, {EXIT_ERROR} when one failed "
+        f"with an error (the batch stops there), else {EXIT_UNFINISHED}",
     )
     run.add_argument(
         "--output",
         metavar="FILE",
-        help="where --batch writes results (default: TASKS.results.jsonl)",
+        help="where --batch appends results (default: TASKS.results.jsonl)",
+    )
+    run.add_argument(
+        "--no-retry",
+        dest="retry",
+        action="store_false",
+        help="with --batch, run only the tasks without a result; keep the ones that did not "
+        "complete as they are",
     )
     run.set_defaults(handler=_run)
 
@@ -163,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_model_commands(commands)
         add_finetune_command(commands)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh, fish)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Print a completion script for commands, options and file names. Install it:
+  bash  harmony-agent completion bash > ~/.local/share/bash-completion/completions/harmony-agent
+        (or add `source <(harmony-agent completion bash)` to ~/.bashrc)
+  zsh   harmony-agent completion zsh > ~/.zfunc/_harmony-agent
+        (with `fpath+=~/.zfunc; autoload -Uz compinit; compinit` in ~/.zshrc)
+  fish  harmony-agent completion fish > ~/.config/fish/completions/harmony-agent.fish""",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "fish"], help="your shell")
+    completion.set_defaults(handler=_completion)
     return parser
 
 
@@ -218,10 +244,36 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
         help="with --python, where the sandbox is unavailable, run the model's code as an "
         "ordinary process with all your rights",
     )
-    parser.add_argument(
+    browser = parser.add_argument_group(
+        "browser",
+        "--browser searches with DuckDuckGo (no key needed) unless --search or "
+        f"${SEARCH_ENV} names a service, or one is configured: $SEARXNG_URL (SearXNG), "
+        "$EXA_API_KEY (Exa), $YDC_API_KEY (You.com).",
+    )
+    browser.add_argument(
         "--browser",
         action="store_true",
-        help="let the model search and browse the public web in Chromium",
+        help="let the model search the web and open public pages in Chromium",
+    )
+    browser.add_argument(
+        "--search",
+        choices=SEARCH_SERVICES,
+        help="search service for --browser: duckduckgo needs no key, exa $EXA_API_KEY, you "
+        "$YDC_API_KEY, searxng --searxng-url",
+    )
+    browser.add_argument(
+        "--searxng-url",
+        metavar="URL",
+        help="a SearXNG instance to search with, its JSON format enabled (default: $SEARXNG_URL)",
+    )
+    browser.add_argument(
+        "--browser-allow",
+        action="append",
+        default=[],
+        type=_host_port,
+        metavar="HOST[:PORT]",
+        help="also open pages on HOST (any port unless :PORT is given), which the browser "
+        "refuses by default when it has a private or loopback address (repeatable)",
     )
     parser.add_argument("--instructions", help="developer instructions")
     parser.add_argument(
@@ -281,6 +333,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _host_port(text: str) -> str:
+    from harmony_agent.tools.browser.policy import parse_host_port
+
+    try:
+        parse_host_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _tools(args: argparse.Namespace) -> list[Tool]:
     tools: list[Tool] = []
     if getattr(args, "python", False):
@@ -288,9 +350,9 @@ def _tools(args: argparse.Namespace) -> list[Tool]:
 
         tools.append(PythonTool(dangerously_allow_unsandboxed=args.python_unsandboxed))
     if getattr(args, "browser", False):
-        from harmony_agent.tools import BrowserTool
-
-        tools.append(BrowserTool())
+        tools.append(_browser(args))
+    elif any(getattr(args, name, None) for name in ("search", "searxng_url", "browser_allow")):
+        raise CliError("--search, --searxng-url and --browser-allow set up --browser: add it")
     if not getattr(args, "no_plugins", False):
         for load in installed_plugins().values():
             tools.extend(load())
@@ -302,6 +364,21 @@ def _tools(args: argparse.Namespace) -> list[Tool]:
         if not any(tool is kept for kept in unique):
             unique.append(tool)
     return unique
+
+
+def _browser(args: argparse.Namespace) -> Tool:
+    from harmony_agent.tools import BrowserTool
+    from harmony_agent.tools.browser.search import backend_from_env
+
+    try:
+        search = backend_from_env(choice=args.search, searxng_url=args.searxng_url)
+    except ValueError as e:  # an unknown name in $HARMONY_AGENT_SEARCH
+        raise CliError(str(e)) from None
+    problem = getattr(search, "problem", None)
+    if problem and (args.search or os.environ.get(SEARCH_ENV)):
+        # A service the user named but did not set up: say so now, not after loading a model.
+        raise CliError(problem)
+    return BrowserTool(allow_private_network=args.browser_allow or False, search_backend=search)
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -427,6 +504,8 @@ def _run(args: argparse.Namespace) -> int:
             raise CliError("--batch runs the tasks of its file: give no task, --continue or "
                            "--transcript with it")  # fmt: skip
         return _run_batch(args)
+    if args.output or not args.retry:
+        raise CliError("--output and --no-retry go with --batch TASKS")
     if args.task == "-" or (args.task is None and _stdin_is_piped()):
         args.task = sys.stdin.read().strip()
     if not args.task:
@@ -434,8 +513,8 @@ def _run(args: argparse.Namespace) -> int:
 
     history = load_transcript(args.resume) if args.resume else None
     transcript = args.transcript or args.resume
-    with _agent(args) as agent:
-        view = EventView(Console(stderr=True), show_reasoning=args.reasoning, show_final=False)
+    view = EventView(Console(stderr=True), show_reasoning=args.reasoning, show_final=False)
+    with _agent(args) as agent, view:  # closing the view: Ctrl-C leaves no status line behind
         for event in agent.stream(args.task, history=history, transcript=transcript):
             if not (args.quiet or args.json):
                 view(event)
@@ -448,32 +527,63 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from .batch import read_tasks, run_batch
+    from collections import Counter
+
+    from .batch import ERROR, NOT_RUN, TaskFailed, final_statuses, read_tasks, run_batch, to_run
 
     tasks = read_tasks(args.batch)
     output = args.output or str(Path(args.batch).with_suffix("")) + ".results.jsonl"
     console = Console(stderr=True, highlight=False)
-    unfinished = 0
-    with _agent(args) as agent:
-        for task, result in run_batch(agent, tasks, output):
-            unfinished += result.status != "completed"
-            if not args.quiet:
-                console.print(f"{task.id}: {result.status} ({result.usage.seconds:.1f} s)")
-    if not args.quiet:
-        console.print(f"results in {output}")
-    return EXIT_OK if unfinished == 0 else EXIT_UNFINISHED
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            console.print(text, markup=False)
+
+    before = final_statuses(tasks, output)
+    todo = to_run(tasks, before, retry=args.retry)
+    ran = 0
+    failure: Exception | None = None
+    if todo:  # else the model is not even loaded
+        retried = sum(before[t.id] != NOT_RUN for t in todo)
+        say(f"running {len(todo)} of {len(tasks)} tasks" + f" ({retried} retried)" * (retried > 0))
+        with _agent(args) as agent:
+            try:
+                for task, result in run_batch(agent, todo, output):
+                    ran += 1
+                    seconds = result.usage.seconds
+                    say(f"[{ran}/{len(todo)}] {task.id}: {result.status} ({seconds:.1f} s)")
+            except TaskFailed as e:  # its line says `error`; the error is reported below
+                ran += 1
+                say(f"[{ran}/{len(todo)}] {e.task.id}: {ERROR}")
+                failure = e.error
+    statuses = final_statuses(tasks, output)
+    counts = Counter(statuses.values())
+    others = [f", {n} {status}" for status, n in counts.items() if status != "completed"]
+    tally = f"{counts['completed']}/{len(tasks)} completed{''.join(others)}"
+    say(f"{'done' if todo else 'nothing to do'}: {tally}; results in {output}")
+    if args.json:
+        tasks_out = [{"id": task_id, "status": status} for task_id, status in statuses.items()]
+        summary = {"results": output, "ran": ran, "counts": dict(counts), "tasks": tasks_out}
+        print(json.dumps(summary, ensure_ascii=False))
+    if failure is not None:
+        raise failure
+    if ERROR in counts:
+        return EXIT_ERROR
+    return EXIT_OK if counts["completed"] == len(tasks) else EXIT_UNFINISHED
 
 
 def _chat(args: argparse.Namespace) -> int:
     from .chat import Chat
 
     with _agent(args) as agent:
-        Chat(
+        chat = Chat(
             agent,
             show_reasoning=args.reasoning,
             transcript=args.transcript,
             resolve_citations=_citation_resolver(agent),
-        ).loop()
+        )
+        with chat.view:  # an error that ends the chat leaves no status line behind
+            chat.loop()
     return EXIT_OK
 
 
@@ -483,6 +593,28 @@ def _citation_resolver(agent: Agent) -> Callable[[str], str]:
     if not browsers:
         return lambda text: text
     return lambda text: browsers[0].cite(text).text
+
+
+# Options whose value is a file or folder, by the metavar that says so (or a Path type).
+_PATH_METAVARS = {"FILE", "PATH", "DIR", "TASKS", "TRANSCRIPT", "CONFIG"}
+
+
+def _completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    def mark_paths(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    mark_paths(sub)
+            elif action.type is Path or action.metavar in _PATH_METAVARS:
+                # shtab reads `complete` from the action
+                action.complete = shtab.DIRECTORY if action.metavar == "DIR" else shtab.FILE  # type: ignore[attr-defined]
+
+    parser = build_parser()
+    mark_paths(parser)
+    print(shtab.complete(parser, args.shell))
+    return EXIT_OK
 
 
 def _list_tools(args: argparse.Namespace) -> int:

@@ -47,6 +47,18 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True)
+class ModelProgress:
+    """The model is at work: sent as each model call starts (before it reads the prompt), then,
+    as tokens come, at most every tenth of a second, whether or not they show as text."""
+
+    step: int
+    """The model call, counted from 1 in this run."""
+    tokens: int
+    """Tokens the model has generated in this run so far."""
+    type: Literal["model.progress"] = "model.progress"
+
+
+@dataclass(frozen=True)
 class ToolCalled:
     """The model finished a tool call; the tool runs next."""
 
@@ -86,6 +98,7 @@ AgentEvent: TypeAlias = (
     | CommentaryDelta
     | FinalDelta
     | ToolCallDelta
+    | ModelProgress
     | ToolCalled
     | ToolResult
     | MessageAdded

@@ -58,13 +58,19 @@ class RunResult:
     """The conversation after the system and developer messages: the user's messages, the model's
     messages and the tool results, earlier turns included."""
     usage: Usage = field(default_factory=Usage)
+    raw: str | None = None
+    """What the last model call generated after its last complete message, decoded with the
+    special tokens written out: output that was invalid or cut off by a limit, which no message
+    holds. None when every token generated belongs to a message in `messages`."""
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready form: final answer, status, messages (harmony's dict form) and usage."""
+        """A JSON-ready form: final answer, status, messages (harmony's dict form), usage and
+        the raw output (null when there is none)."""
         return {
             "final": self.final,
             "status": self.status,
             "detail": self.detail,
             "messages": [m.to_dict() for m in self.messages],
             "usage": asdict(self.usage),
+            "raw": self.raw,
         }

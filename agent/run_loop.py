@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from openai_harmony import Author, HarmonyError, Message, Role, StreamableParser, StreamState
@@ -23,6 +23,7 @@ from .events import (
     CommentaryDelta,
     FinalDelta,
     MessageAdded,
+    ModelProgress,
     ReasoningDelta,
     RunDone,
     ToolCallDelta,
@@ -35,6 +36,10 @@ from .transcript import TranscriptWriter
 
 if TYPE_CHECKING:
     from .agent import Agent
+
+PROGRESS_SECONDS = 0.1
+"""How often a model call reports its progress: often enough for a status line, and rarely
+enough that a fast model does not pay for one event per token."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Ending:
     status: Status
     final: str | None = None
     detail: str | None = None
+    raw: str | None = None
 
 
 @dataclass
@@ -60,12 +66,22 @@ class Turn:
     """What one model call produced."""
 
     messages: list[Message] = field(default_factory=list)
-    tokens: int = 0
-    last_token: int | None = None
+    output: list[int] = field(default_factory=list)
+    """Every token generated."""
+    parsed: int = 0
+    """How many of them make up `messages`; any after are a message not finished or invalid."""
     error: str | None = None
     """Why the output could not be parsed, when it could not."""
     mid_message: bool = False
     """The output stopped inside a message (no <|end|>, <|call|> or <|return|> closed it)."""
+
+    @property
+    def tokens(self) -> int:
+        return len(self.output)
+
+    @property
+    def last_token(self) -> int | None:
+        return self.output[-1] if self.output else None
 
 
 class RunLoop:
@@ -74,7 +90,7 @@ class RunLoop:
     def __init__(
         self,
         agent: Agent,
-        prompt: str,
+        prompt: str | None,
         past: Sequence[Message],
         transcript: str | os.PathLike[str] | None,
         context: Any,
@@ -100,7 +116,8 @@ class RunLoop:
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         await _settle(self.hooks.on_run_start(self.prompt))
-        yield self.add(Message.from_role_and_content(Role.USER, self.prompt))
+        if self.prompt is not None:  # None: the history already ends with what to answer
+            yield self.add(Message.from_role_and_content(Role.USER, self.prompt))
         for _ in range(self.agent.max_steps):
             budget = self.budget()
             if isinstance(budget, Ending):
@@ -148,8 +165,9 @@ class RunLoop:
         usage.steps += 1
         usage.prompt_tokens += len(budget.prompt)
         await _settle(self.hooks.on_model_call(usage.steps, budget.prompt))
+        yield ModelProgress(usage.steps, usage.output_tokens)
         parser = StreamableParser(self.encoding, Role.ASSISTANT)
-        started = time.perf_counter()
+        started = reported = time.perf_counter()
         tokens = stream_tokens(
             self.agent.model,
             budget.prompt,
@@ -159,7 +177,10 @@ class RunLoop:
         )
         async with aclosing(tokens) as stream:
             async for token in stream:
-                turn.tokens, turn.last_token = turn.tokens + 1, token
+                turn.output.append(token)
+                if (now := time.perf_counter()) - reported >= PROGRESS_SECONDS:
+                    reported = now
+                    yield ModelProgress(usage.steps, usage.output_tokens + turn.tokens)
                 try:
                     parser.process(token)
                 except HarmonyError as e:
@@ -169,6 +190,7 @@ class RunLoop:
                     yield _delta_event(parser, delta)
                 while len(parser.messages) > len(turn.messages):
                     turn.messages.append(parser.messages[len(turn.messages)])
+                    turn.parsed = turn.tokens
                     yield self.add(turn.messages[-1])
         usage.model_seconds += time.perf_counter() - started
         usage.output_tokens += turn.tokens
@@ -177,6 +199,13 @@ class RunLoop:
 
     def classify(self, turn: Turn, budget: Budget) -> Ending | None:
         """How the run ends after `turn`, or None when the turn calls a tool."""
+        ending = self._classify(turn, budget)
+        unparsed = turn.output[turn.parsed :]
+        if ending is None or not unparsed:
+            return ending
+        return replace(ending, raw=self.encoding.decode(unparsed))
+
+    def _classify(self, turn: Turn, budget: Budget) -> Ending | None:
         error = turn.error
         if error is None and turn.last_token not in self.stop_tokens:
             if turn.tokens >= budget.tokens:
@@ -241,7 +270,9 @@ class RunLoop:
 
     async def end(self, ending: Ending) -> RunDone:
         self.usage.seconds = time.perf_counter() - self.started
-        result = RunResult(ending.final, ending.status, ending.detail, self.messages, self.usage)
+        result = RunResult(
+            ending.final, ending.status, ending.detail, self.messages, self.usage, raw=ending.raw
+        )
         if self.writer is not None:
             self.writer.run_ended(result)
         await _settle(self.hooks.on_run_end(result))

@@ -4,6 +4,7 @@ as markdown, and a line of figures at the end of each turn."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,15 +12,18 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.panel import Panel
+from rich.spinner import Spinner
 from rich.syntax import Syntax
 from rich.text import Text
 
 from harmony_agent.model import harmony_encoding
 
-from .events import AgentEvent, RunDone, ToolCalled, ToolResult
+from .events import AgentEvent, ModelProgress, RunDone, ToolCalled, ToolResult
 from .result import RunResult
 
 MAX_RESULT_LINES = 12
+STATUS_DELAY = 0.25
+"""Seconds without output before the status line shows: none flickers between messages."""
 
 
 def shorten(text: str, max_lines: int = MAX_RESULT_LINES, max_chars: int = 2000) -> str:
@@ -58,6 +62,32 @@ def tool_result_view(result: ToolResult) -> RenderableType:
     )
 
 
+def raw_output_view(raw: str, *, whole: bool = False) -> Text:
+    """Model output that no message holds (invalid, or cut off by a limit), as the model wrote
+    it, dimmed; shortened unless `whole`."""
+    text = raw if whole else shorten(raw)
+    return Text.assemble(("raw model output: ", "dim bold"), (text, "dim"))
+
+
+class StatusLine:
+    """What shows while the model works and nothing else does: the seconds since the turn began
+    and the tokens generated so far. It reads the clock as it renders, so a live display keeps it
+    current between events (while the model reads a long prompt, say)."""
+
+    def __init__(self) -> None:
+        self.started = self.shown = time.monotonic()
+        self.tokens = 0
+        self._spinner = Spinner("dots", style="dim")
+
+    def __rich__(self) -> RenderableType:
+        now = time.monotonic()
+        if now - self.shown < STATUS_DELAY:
+            return Text()
+        text = f"working · {int(now - self.started)} s · {self.tokens} tokens"
+        self._spinner.update(text=Text(text, style="dim"))
+        return self._spinner
+
+
 def turn_summary(result: RunResult) -> Text:
     """Tokens, speed and time of a run; its status when it did not complete."""
     u = result.usage
@@ -81,7 +111,10 @@ class EventView:
     `show_reasoning` streams the chain of thought dimmed; `raw` also prints every message as
     harmony text; `show_final=False` leaves the answer to the caller (e.g. for stdout). The final
     answer streams as live markdown on a terminal and is printed once, as markdown, elsewhere.
-    `resolve_citations` rewrites the answer's citations before display.
+    `resolve_citations` rewrites the answer's citations before display. On a terminal a status
+    line shows while the model works with nothing to show. Output the model left unparsed
+    (`RunResult.raw`) is printed dimmed at the end, whole when `raw`. Use it as a context manager,
+    or call `close()`, so that an interrupted run leaves no live display behind.
     """
 
     def __init__(
@@ -101,22 +134,63 @@ class EventView:
         self._final = ""
         self._live: Live | None = None
         self._at_line_start = True
+        self._line: StatusLine | None = None  # the run being shown
+        self._status_live: Live | None = None
+        self._streaming = False
+        """Text of the message being generated is on screen: no status line under it."""
+
+    def __enter__(self) -> EventView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __call__(self, event: AgentEvent) -> None:
+        if self._line is None:  # the first event of a run
+            self._line = StatusLine()
         handler = getattr(self, "_on_" + event.type.replace(".", "_"), None)
         if handler is not None:
             handler(event)
 
     def close(self) -> None:
-        """Stop a live display left open by an interrupted run."""
+        """Stop the live displays (status line, streaming answer) an interrupted run left open."""
+        self._hide_status()
         if self._live is not None:
             self._live.stop()
             self._live = None
         self._final = ""
+        self._line = None
+        self._streaming = False
+
+    def _hide_status(self) -> None:
+        if self._status_live is not None:
+            self._status_live.stop()  # transient: the line is erased
+            self._status_live = None
 
     def _write(self, text: str, style: str) -> None:
+        self._hide_status()
+        self._streaming = True
         self.console.print(text, style=style, end="", highlight=False, markup=False)
         self._at_line_start = text.endswith("\n")
+
+    def _on_model_progress(self, event: ModelProgress) -> None:
+        assert self._line is not None
+        self._line.tokens = event.tokens
+        if self._status_live is not None or self._streaming or self._live is not None:
+            return
+        if not self.console.is_terminal or self.console.is_dumb_terminal:
+            return
+        self._newline()
+        self._line.shown = time.monotonic()
+        # Only a stdout console takes over stdout: `run` keeps it for the answer.
+        self._status_live = Live(
+            self._line,
+            console=self.console,
+            transient=True,
+            refresh_per_second=8,
+            redirect_stdout=not self.console.stderr,
+        )
+        self._status_live.start()
 
     def _newline(self) -> None:
         if not self._at_line_start:
@@ -131,15 +205,19 @@ class EventView:
         self._write(event.text, "italic")
 
     def _on_tool_call(self, event: ToolCalled) -> None:
+        self._hide_status()
         self._newline()
         self.console.print(tool_call_view(event))
 
     def _on_tool_result(self, event: ToolResult) -> None:
+        self._hide_status()
         self.console.print(tool_result_view(event))
 
     def _on_final_delta(self, event: Any) -> None:
         if not self.show_final:
             return
+        self._hide_status()
+        self._streaming = True
         self._newline()
         self._final += event.text
         if not self.console.is_terminal:
@@ -151,6 +229,8 @@ class EventView:
         self._live.update(Markdown(self._final))
 
     def _on_message(self, event: Any) -> None:
+        self._hide_status()
+        self._streaming = False
         message = event.message
         if self.raw:
             encoding = harmony_encoding()
@@ -172,4 +252,6 @@ class EventView:
     def _on_done(self, event: RunDone) -> None:
         self.close()
         self._newline()
+        if event.result.raw is not None:
+            self.console.print(raw_output_view(event.result.raw, whole=self.raw), soft_wrap=True)
         self.console.print(turn_summary(event.result))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +12,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pexpect
+import pyte
 import pytest
 
 from harmony_agent.sandbox import SandboxUnavailable, probe
@@ -131,3 +135,78 @@ class QuietHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+ROOT = Path(__file__).parent.parent
+CALL = (
+    "<|channel|>analysis<|message|>Use the tool.<|end|><|start|>assistant<|channel|>commentary "
+    'to=functions.add <|constrain|>json<|message|>{"a": 2, "b": 3}<|call|>'
+)
+FINAL = "<|channel|>final<|message|>The answer is **5**.<|return|>"
+TOOLS = '''
+from harmony_agent.tools import function_tool
+
+@function_tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+'''
+"""A module with one function tool, `add`: CALL calls it, FINAL answers."""
+PROMPT = "›"
+"""What to expect for chat's prompt `› `: prompt_toolkit draws the space as a cursor move."""
+
+
+def cli_env(folder: Path, **extra: str) -> dict[str, str]:
+    """The environment the CLI tests run `harmony-agent` in: modules importable from `folder`,
+    a fixed width, a cache of its own, and no cursor position requests from prompt_toolkit
+    (pexpect's terminal never answers them: the prompt would wait, then warn)."""
+    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}", "COLUMNS": "100",
+            "HARMONY_AGENT_CACHE": str(folder / "cache"), "PROMPT_TOOLKIT_NO_CPR": "1",
+            **extra}  # fmt: skip
+
+
+def spawn_cli(folder: Path, *args: str, **extra_env: str) -> pexpect.spawn:
+    """`harmony-agent ARGS` in a pseudo-terminal of 40 x 100, run in `folder`."""
+    return pexpect.spawn(sys.executable, ["-m", "harmony_agent", *args], cwd=str(folder),
+                         env=cli_env(folder, **extra_env), encoding="utf-8", timeout=60,
+                         dimensions=(40, 100))  # fmt: skip
+
+
+class TerminalScreen:
+    """What a terminal shows of the output written to it (pyte's emulator): pass one as a
+    pexpect child's `logfile_read`, or as a rich Console's `file`. `written` keeps every escape
+    code; `text` is the screen, lines stripped."""
+
+    def __init__(self, columns: int = 100, lines: int = 40) -> None:
+        self._screen = pyte.Screen(columns, lines)
+        self._stream = pyte.Stream(self._screen)
+        self.written = ""
+
+    def write(self, data: str) -> int:
+        self.written += data
+        self._stream.feed(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.rstrip() for line in self._screen.display).strip("\n")
+
+
+_SGR = re.compile(r"\x1b\[([0-9;:]*)m")
+
+
+def colour_codes(output: str) -> list[str]:
+    """The escape sequences in `output` that set a colour (foreground or background, any
+    depth); bold, dim and the like are not colours (no-color.org)."""
+    found = []
+    for match in _SGR.finditer(output):
+        params = [int(p) for p in re.split("[;:]", match.group(1)) if p]
+        if any(30 <= p <= 38 or 40 <= p <= 48 or 90 <= p <= 97 or 100 <= p <= 107 for p in params):
+            found.append(match.group(0))
+    return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,7 @@ from harmony_agent.tools.browser import (
     address_problem,
     split_host_port,
 )
+from harmony_agent.tools.browser.policy import parse_host_port
 
 
 @pytest.mark.parametrize(
@@ -84,6 +86,27 @@ def test_allowed_hosts_and_ports():
     assert check(policy, "http://[::1]:9000/") == "ok"
     assert "loopback" in check(policy, "http://[::1]:9001/")
     assert check(NetworkPolicy(True), "http://10.0.0.1/") == "ok"
+
+
+@pytest.mark.parametrize(
+    ("entry", "parsed"),
+    [
+        ("127.0.0.1:8000", ("127.0.0.1", 8000)),
+        ("Intranet.Example.", ("intranet.example", None)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("fd00::1", ("fd00::1", None)),
+        ("http://wiki.corp:8080/start", ("wiki.corp", 8080)),  # a pasted URL
+        ("https://user@wiki.corp/", ("wiki.corp", None)),
+    ],
+)
+def test_allowed_host_forms(entry, parsed):
+    assert parse_host_port(entry) == parsed
+
+
+@pytest.mark.parametrize("entry", ["", "host:x", "host:0", "host:65536", ":80", "[::1]x"])
+def test_malformed_allowed_hosts_are_named(entry):
+    with pytest.raises(ValueError, match=f"`{re.escape(entry)}` is not HOST or HOST:PORT"):
+        parse_host_port(entry)
 
 
 def test_unknown_host_is_reported():

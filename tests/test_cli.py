@@ -12,21 +12,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-
-ROOT = Path(__file__).parent.parent
-CALL = (
-    "<|channel|>analysis<|message|>Use the tool.<|end|><|start|>assistant<|channel|>commentary "
-    'to=functions.add <|constrain|>json<|message|>{"a": 2, "b": 3}<|call|>'
-)
-FINAL = "<|channel|>final<|message|>The answer is **5**.<|return|>"
-TOOLS = '''
-from harmony_agent.tools import function_tool
-
-@function_tool
-def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-'''
+from _support import CALL, FINAL, PROMPT, TOOLS, cli_env
 
 
 @pytest.fixture
@@ -36,9 +22,7 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def env(workdir: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{workdir}{os.pathsep}{ROOT}", "COLUMNS": "100",
-            "HARMONY_AGENT_CACHE": str(workdir / "cache")}  # fmt: skip
+env = cli_env
 
 
 def test_tools_come_from_the_current_folder_as_python_m_would(workdir: Path) -> None:
@@ -201,25 +185,25 @@ def test_chat_in_a_terminal(workdir: Path) -> None:
     )  # fmt: skip
     try:
         child.expect("tools: functions.add")
-        child.expect("› ")
+        child.expect(PROMPT)
         child.sendline("/effort high")
         child.expect("reasoning effort: high")
         child.sendline("What is 2+3?")
         child.expect("The answer is")
         child.expect(r"2 steps · 1 tool calls")
-        child.expect("› ")
+        child.expect(PROMPT)
         child.sendline("/save saved.jsonl")
         child.expect("saved 5 messages to saved.jsonl")
         child.sendline("think hard")
         child.expect("thinking")
         child.sendintr()  # Ctrl-C stops the answer, not the chat
         child.expect("stopped")
-        child.expect("› ")
+        child.expect(PROMPT)
         child.sendline("/tools")
         child.expect("functions.add")
         child.sendline("one more?")  # the script has no turn left: an error line, not the end
         child.expect("ran out of turns")
-        child.expect("› ")
+        child.expect(PROMPT)
         child.sendline("/quit")
         child.expect(pexpect.EOF)
     finally:
@@ -259,10 +243,10 @@ def test_chat_on_a_random_checkpoint(workdir: Path, random_checkpoint: Path) -> 
         cwd=str(workdir), env=env(workdir), encoding="utf-8", timeout=120, dimensions=(40, 100),
     )  # fmt: skip
     try:
-        child.expect("› ")
+        child.expect(PROMPT)
         child.sendline("hello")
         child.expect("⚠ (max_total_tokens|invalid_output)")
-        child.expect("› ")
+        child.expect(PROMPT)
         child.sendline("/quit")
         child.expect(pexpect.EOF)
     finally:
@@ -280,27 +264,105 @@ def test_a_checkpoint_without_the_harmony_vocabulary_is_refused(workdir: Path) -
     assert proc.stderr.strip().endswith("fewer than harmony's 201088: it cannot run as an agent")
 
 
+TASKS = '{"id": "a", "task": "one"}\n"two"\n{"id": "c", "task": "three"}\n'
+ANSWERS = [f"<|channel|>final<|message|>answer {i}<|return|>" for i in range(3)]
+CUT_OFF = "<|channel|>final<|message|>The answ"  # ends mid-message: invalid_output
+NO_MODEL = ("--model", "no-such-checkpoint")  # loading it fails: proof that nothing loaded it
+
+
+def batch(workdir: Path, turns: list[str] | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """`run --batch tasks.jsonl` on scripted turns, or on NO_MODEL when `turns` is None."""
+    if turns is None:
+        return cli(workdir, "run", *NO_MODEL, "--batch", "tasks.jsonl", *args)
+    (workdir / "script.json").write_text(json.dumps(turns))
+    return cli(workdir, "run", "--scripted", "script.json", "--batch", "tasks.jsonl", *args)
+
+
+def result_lines(workdir: Path, *fields: str) -> list[tuple[object, ...]]:
+    lines = (workdir / "tasks.results.jsonl").read_text().splitlines()
+    return [tuple(r[f] for f in fields) for r in map(json.loads, lines)]
+
+
 def test_batch_is_resumable(workdir: Path) -> None:
-    tasks = workdir / "tasks.jsonl"
-    tasks.write_text('{"id": "a", "task": "one"}\n"two"\n{"id": "c", "task": "three"}\n')
-    answers = [f"<|channel|>final<|message|>answer {i}<|return|>" for i in range(3)]
-    # The model dies after two tasks (it has only two turns): an interrupted batch.
-    (workdir / "two.json").write_text(json.dumps(answers[:2]))
-    first = cli(workdir, "run", "--scripted", "two.json", "--batch", "tasks.jsonl")
-    assert first.returncode != 0
-    results = workdir / "tasks.results.jsonl"
-    assert [json.loads(line)["id"] for line in results.read_text().splitlines()] == ["a", "2"]
-    # Rerun: only the task without a result runs.
-    (workdir / "one.json").write_text(json.dumps(answers[2:]))
-    second = cli(workdir, "run", "--scripted", "one.json", "--batch", "tasks.jsonl")
-    assert second.returncode == 0, second.stderr
-    assert "c: completed" in second.stderr
-    lines = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [(r["id"], r["task"], r["final"], r["status"]) for r in lines] == [
-        ("a", "one", "answer 0", "completed"),
-        ("2", "two", "answer 1", "completed"),
-        ("c", "three", "answer 2", "completed"),
+    (workdir / "tasks.jsonl").write_text(TASKS)
+    # The model dies at the third task (it has only two turns): an error, recorded, that stops
+    # the batch.
+    first = batch(workdir, ANSWERS[:2])
+    assert first.returncode == 1
+    assert first.stderr.splitlines()[-3:] == [
+        "[3/3] c: error",
+        "done: 2/3 completed, 1 error; results in tasks.results.jsonl",
+        "harmony-agent: error: ScriptedModel ran out of turns: generate() called 3 times but only "
+        "2 turns were scripted",
     ]
+    assert result_lines(workdir, "id", "final", "status") == [
+        ("a", "answer 0", "completed"), ("2", "answer 1", "completed"), ("c", None, "error")
+    ]  # fmt: skip
+    # Rerun: only the task that did not complete runs.
+    second = batch(workdir, ANSWERS[2:])
+    assert second.returncode == 0, second.stderr
+    assert "running 1 of 3 tasks (1 retried)\n[1/1] c: completed" in second.stderr
+    assert result_lines(workdir, "id", "task", "status") == [
+        ("a", "one", "completed"), ("2", "two", "completed"), ("c", "three", "error"),
+        ("c", "three", "completed"),
+    ]  # fmt: skip
+    (detail,) = result_lines(workdir, "detail")[2]
+    assert str(detail).startswith("ScriptExhausted: ScriptedModel ran out of turns")
+
+
+def test_batch_retries_what_did_not_complete(workdir: Path) -> None:
+    (workdir / "tasks.jsonl").write_text(TASKS)
+    first = batch(workdir, [ANSWERS[0], CUT_OFF, ANSWERS[2]])
+    assert first.returncode == 3, first.stderr
+    assert first.stderr.splitlines() == [
+        "running 3 of 3 tasks",
+        "[1/3] a: completed (0.0 s)",
+        "[2/3] 2: invalid_output (0.0 s)",
+        "[3/3] c: completed (0.0 s)",
+        "done: 2/3 completed, 1 invalid_output; results in tasks.results.jsonl",
+    ]
+    # --no-retry leaves the failed task as it is: nothing to run, no model loaded, still exit 3.
+    kept = batch(workdir, None, "--no-retry")
+    assert kept.returncode == 3, kept.stderr
+    assert kept.stderr == (
+        "nothing to do: 2/3 completed, 1 invalid_output; results in tasks.results.jsonl\n"
+    )
+    # Without it the failed task is retried, so the model must load (and here cannot).
+    broken = batch(workdir, None)
+    assert broken.returncode == 1
+    assert broken.stderr.splitlines()[-1].startswith("harmony-agent: error: no-such-checkpoint:")
+    retried = batch(workdir, [ANSWERS[1]], "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert "running 1 of 3 tasks (1 retried)\n[1/1] 2: completed" in retried.stderr
+    assert json.loads(retried.stdout) == {
+        "results": "tasks.results.jsonl",
+        "ran": 1,
+        "counts": {"completed": 3},
+        "tasks": [{"id": i, "status": "completed"} for i in ("a", "2", "c")],
+    }
+    # The results file is a history: the failed attempt stays, the last line per task wins.
+    assert result_lines(workdir, "id", "final", "status") == [
+        ("a", "answer 0", "completed"), ("2", None, "invalid_output"),
+        ("c", "answer 2", "completed"), ("2", "answer 1", "completed"),
+    ]  # fmt: skip
+
+
+def test_a_finished_batch_loads_no_model(workdir: Path) -> None:
+    (workdir / "tasks.jsonl").write_text(TASKS)
+    assert batch(workdir, ANSWERS).returncode == 0
+    again = batch(workdir, None, "--json")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr == "nothing to do: 3/3 completed; results in tasks.results.jsonl\n"
+    assert json.loads(again.stdout)["ran"] == 0
+    assert len(result_lines(workdir, "id")) == 3
+
+
+def test_batch_options_need_batch(workdir: Path) -> None:
+    message = "--output and --no-retry go with --batch TASKS"
+    for option in (["--no-retry"], ["--output", "out.jsonl"]):
+        proc = cli(workdir, "run", "--scripted", "turns.json", *option, "hi")
+        assert proc.returncode == 1
+        assert proc.stderr == f"harmony-agent: error: {message}\n"
 
 
 def test_bad_batch_file(workdir: Path) -> None:

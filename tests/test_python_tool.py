@@ -117,6 +117,13 @@ def test_traceback_is_plain_and_short(run: Runner) -> None:
     assert len(out.splitlines()) < 40
 
 
+def test_a_syntax_error_reaches_the_model_once(run: Runner) -> None:
+    out = run("def f(:")
+    # Once: IPython sends the whole report as one entry, header and last line at once.
+    assert out.count("def f(:") == 1 and out.count("SyntaxError") == 1, out
+    assert out.startswith("  Cell In[") and out.endswith("          ^\nSyntaxError: invalid syntax")
+
+
 def test_files_in_mnt_data_persist_and_reach_the_host(run: Runner) -> None:
     run("open('/mnt/data/notes.txt', 'w').write('kept')")
     assert (run.tool.data_dir / "notes.txt").read_text() == "kept"
@@ -357,6 +364,17 @@ def test_cancelled_call_is_interrupted_and_the_tool_recovers(run: Runner) -> Non
     with pytest.raises(TimeoutError):
         run.loop.run_until_complete(asyncio.wait_for(slow, 1.0))
     assert run("before") == "'kept'"
+
+
+def test_reset_restarts_the_kernel_and_keeps_the_files() -> None:
+    runner = Runner(PythonTool(timeout=10.0))
+    try:
+        assert runner("x = 1\nopen('/mnt/data/kept.txt', 'w').write('kept')\nx") == "1"
+        runner.loop.run_until_complete(runner.tool.reset())
+        assert runner("x").endswith("NameError: name 'x' is not defined")
+        assert runner("open('/mnt/data/kept.txt').read()") == "'kept'"
+    finally:
+        runner.close()
 
 
 def test_state_survives_a_new_event_loop() -> None:

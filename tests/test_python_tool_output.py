@@ -56,6 +56,16 @@ def test_traceback_without_frames_falls_back_to_the_error_line() -> None:
     assert format_traceback([], "KeyError", "'x'") == "KeyError: 'x'"
 
 
+def test_a_syntax_error_is_shown_once() -> None:
+    # IPython reports a SyntaxError as one traceback entry (as `def f(:` gets it).
+    frames = [
+        "\x1b[0;36m  Cell \x1b[0;32mIn[1], line 1\x1b[0;36m\x1b[0m\n\x1b[0;31m    def f(:\x1b[0m\n"
+        "\x1b[0m          ^\x1b[0m\n\x1b[0;31mSyntaxError\x1b[0m\x1b[0;31m:\x1b[0m invalid syntax\n"
+    ]
+    out = format_traceback(frames, "SyntaxError", "invalid syntax (2747763117.py, line 1)")
+    assert out == "  Cell In[1], line 1\n    def f(:\n          ^\nSyntaxError: invalid syntax"
+
+
 def test_output_order_images_and_progress_bars() -> None:
     saved: list[tuple[bytes, str]] = []
     c = collector(saved)

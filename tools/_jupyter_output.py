@@ -49,6 +49,10 @@ def format_traceback(frames: list[str], ename: str, evalue: str) -> str:
     lines = [line for line in lines if line.strip() and not set(line.strip()) <= {"-"}]
     if not lines:
         return f"{ename}: {evalue}"
+    if len(lines) == 1:
+        # A SyntaxError's whole report (cell, line, caret, error) is one entry: it is both the
+        # header and the final line, and must be shown once.
+        return lines[0]
     # IPython's layout: a header ("NameError  Traceback (most recent call last)"), one entry per
     # frame, and the final "NameError: msg" line.
     head, body, tail = lines[:1], lines[1:-1], lines[-1:]

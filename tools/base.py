@@ -64,5 +64,9 @@ class BuiltinTool(ABC):
     async def call(self, call: ToolCall) -> str:
         """Run one call; return what the model sees. Raise `ToolError` for the model's mistakes."""
 
+    async def reset(self) -> None:  # noqa: B027 - optional hook, most tools keep no state
+        """Forget the state earlier calls left (a kernel's variables), as a new conversation
+        starts: `Agent.reset_tools()` calls it. The tool stays usable."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most tools hold nothing
         """Release what the tool holds (a kernel, a browser). Called when the agent session ends."""

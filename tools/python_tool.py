@@ -1,10 +1,11 @@
 """The built-in `python` tool: a stateful Jupyter kernel running in a sandbox.
 
-One kernel per tool, started on the first call and shut down by `aclose()`. What the model sees
-follows harmony's description of the tool: state persists between calls, files in /mnt/data
-persist, calls time out. The sandbox (`sandbox` package) keeps the code away from the network,
-the host's files, processes and environment, and caps its memory, processes, CPU time and file
-sizes; read `sandbox.process` for what it does not protect against.
+One kernel per tool, started on the first call, restarted by `reset()` (a new conversation)
+and shut down by `aclose()`. What the model sees follows harmony's description of the tool:
+state persists between calls, files in /mnt/data persist, calls time out. The sandbox
+(`sandbox` package) keeps the code away from the network, the host's files, processes and
+environment, and caps its memory, processes, CPU time and file sizes; read `sandbox.process`
+for what it does not protect against.
 """
 
 from __future__ import annotations
@@ -317,6 +318,12 @@ class PythonTool(BuiltinTool):
             output, after = await self._run(session, call.arguments)
             parts = [p for p in (*before, output, *after) if p]
             return "\n\n".join(parts) if parts else "[no output]"
+
+    async def reset(self) -> None:
+        """Restart the kernel: the next call starts a fresh one, without the variables, imports
+        and definitions of earlier calls. Files in /mnt/data are kept."""
+        # No lock, as in aclose(): killing the kernel also ends a call in progress.
+        self._kill_session()
 
     async def aclose(self) -> None:
         """Kill the kernel and everything it started; remove the default data directory."""

@@ -98,7 +98,7 @@ class NetworkPolicy:
         self._cache: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
         self.allowed: frozenset[tuple[str, int | None]] = frozenset()
         if not isinstance(allow_private_network, bool):
-            self.allowed = frozenset(_parse_allowed(h) for h in allow_private_network)
+            self.allowed = frozenset(parse_host_port(h) for h in allow_private_network)
 
     def _explicitly_allowed(self, host: str, port: int) -> bool:
         return (host, None) in self.allowed or (host, port) in self.allowed
@@ -147,13 +147,22 @@ class NetworkPolicy:
         return Target(host, port, addresses)
 
 
-def _parse_allowed(entry: str) -> tuple[str, int | None]:
-    """`host`, `host:port`, `[v6]` or `[v6]:port` -> (host, port or None)."""
-    entry = entry.strip().lower()
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else None
-    if entry.count(":") == 1:  # one colon: host:port (a bare IPv6 address has several)
-        host, port = entry.split(":")
-        return host.rstrip("."), int(port)
-    return entry.rstrip("."), None
+def parse_host_port(entry: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]`, `[v6]:port` or a URL's host part -> (host, port or None);
+    raises `ValueError` naming the entry when it is none of those."""
+    text = entry.strip().lower()
+    if "://" in text:  # a pasted URL: keep what a connection needs
+        text = urlsplit(text).netloc.rpartition("@")[2]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            host = ""  # something after the brackets that is not a port
+        port = rest[1:] or None
+    elif text.count(":") == 1:  # one colon: host:port (a bare IPv6 address has several)
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    host = host.rstrip(".")
+    if not host or (port is not None and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ValueError(f"`{entry}` is not HOST or HOST:PORT (a port is a number, 1-65535)")
+    return host, int(port) if port is not None else None

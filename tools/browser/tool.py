@@ -4,7 +4,7 @@ The model sees pages as gpt-oss was trained to see them (DESIGN.md §6): a stack
 shown as numbered lines in ~1024-token views, links as `【{id}†text】`. By default only public
 internet hosts can be reached, whatever the page tries (see `policy`).
 
-    tool = BrowserTool()                                  # public web; search from env vars
+    tool = BrowserTool()                                  # public web; DuckDuckGo search
     tool = BrowserTool(search_backend=LocalSearchBackend([...]))   # offline search
     tool = BrowserTool(allow_private_network=["localhost:8000"])   # plus one local server
 """
@@ -84,9 +84,11 @@ class BrowserTool(BuiltinTool):
                 non-public addresses (for every request a page makes); a list of hosts or
                 `host:port`s allows those too; True allows everything — unsafe wherever the
                 machine can reach internal services.
-            search_backend: what `browser.search` uses; by default the first configured in the
-                environment (`SEARXNG_URL`, `EXA_API_KEY`, `YDC_API_KEY`, else DuckDuckGo if
-                `ddgs` is installed); None disables search.
+            search_backend: what `browser.search` uses; by default `backend_from_env()`:
+                DuckDuckGo (no key) unless `$HARMONY_AGENT_SEARCH`, `$SEARXNG_URL`,
+                `$EXA_API_KEY` or `$YDC_API_KEY` picks another service; None disables search.
+                Searches are sent from this process, not through the policy: the service is
+                the user's choice.
             executable_path: Chromium to run; by default `$HARMONY_AGENT_CHROMIUM` or the first
                 `chromium`/`google-chrome` on PATH.
             load_timeout: seconds a page may take to load.
