@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model import mxfp4_cpu
+from . import cpu_kernels
 from .config import ModelConfig
 from .mxfp4 import dequantize
 
@@ -390,23 +390,38 @@ def _mxfp4_linear(
     x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
     """x (n, in) @ W.T + bias for W (out, in) packed in MXFP4."""
-    if x.device.type == "cpu" and x.shape[0] <= FUSED_MAX_ROWS and mxfp4_cpu.available():
-        return mxfp4_cpu.mxfp4_linear(x, blocks, scales, bias)
+    if x.device.type == "cpu" and x.shape[0] <= FUSED_MAX_ROWS and cpu_kernels.available():
+        return cpu_kernels.mxfp4_linear(x, blocks, scales, bias)
     return linear(x, dequantize(blocks, scales, x.dtype), bias)
 
 
 class Linear(nn.Linear):
-    """nn.Linear; a single row on CPU goes through torch.mv (about 20% faster in bf16 there)."""
+    """nn.Linear; on the CPU, inference in bf16 streams the weight through `cpu_kernels`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
 
 
+BF16_KERNEL_MAX_ROWS = 16
+"""Up to this many rows, a CPU bf16 product runs the streaming kernel (torch's is far slower on
+CPUs without AVX-512 BF16); beyond, the product is compute-bound and torch's GEMM takes it."""
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """x (n, in) @ w.T + b, w (out, in)."""
-    if x.shape[0] == 1 and x.dim() == 2 and x.device.type == "cpu":
-        y = torch.mv(w, x[0])
-        return (y if b is None else y + b)[None]
+    """x (..., in) @ w.T + b, w (out, in)."""
+    if x.device.type == "cpu" and not torch.is_grad_enabled():
+        rows = x.numel() // x.shape[-1]
+        if (
+            w.dtype == torch.bfloat16
+            and rows <= BF16_KERNEL_MAX_ROWS
+            and w.is_contiguous()
+            and cpu_kernels.available()
+        ):
+            y = cpu_kernels.bf16_linear(x.reshape(rows, x.shape[-1]), w, b)
+            return y.view(*x.shape[:-1], w.shape[0])
+        if rows == 1 and x.dim() == 2:  # torch.mv beats a one-row GEMM
+            y = torch.mv(w, x[0])
+            return (y if b is None else y + b)[None]
     return F.linear(x, w, b)
 
 

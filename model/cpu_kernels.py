@@ -1,0 +1,356 @@
+"""CPU kernels for the matrix products of decoding: weights streamed as stored, never expanded.
+
+- `mxfp4_linear`: y = x @ W.T with W packed in MXFP4 (4.25 bits a weight), decoded in registers.
+  Dequantising whole experts to bf16 first costs more than the matmul.
+- `bf16_linear`: y = x @ W.T with W in bf16, for a few rows of x (decode, batched decode). On
+  CPUs without AVX-512 BF16, torch's bf16 matrix-vector product runs far below memory
+  bandwidth and its bf16 GEMM for a handful of rows slower still.
+
+Built on first use with the C++ compiler through `torch.utils.cpp_extension` and cached, for the
+CPU it runs on (`-march=native`: AVX-512 where the CPU has it, else AVX2 + FMA, else plain C++;
+`HARMONY_AGENT_CPU_ISA=avx2` or `scalar` builds a lesser variant, which is how the tests check
+every path on one machine). Where no compiler is available `available()` is False and callers
+keep the PyTorch path, which is also the reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from types import ModuleType
+
+import torch
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+// HA_ISA_MAX caps the instruction set below what the compiler targets: 2 AVX-512, 1 AVX2, 0 C++.
+#if defined(__AVX512F__) && HA_ISA_MAX >= 2
+#define HA_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && HA_ISA_MAX >= 1
+#define HA_AVX2 1
+#endif
+#if defined(HA_AVX512) || defined(HA_AVX2)
+#include <immintrin.h>
+#endif
+
+static const float FP4[16] = {0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f,
+                              -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
+
+std::string isa() {
+#if defined(HA_AVX512)
+  return "avx512";
+#elif defined(HA_AVX2)
+  return "avx2";
+#else
+  return "scalar";
+#endif
+}
+
+static inline float bf16_to_float(uint16_t h) {
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+#if defined(HA_AVX2)
+static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+// FP4 codes in the low 4 bits of 8 int32 lanes -> fp32: magnitude by table, sign by bit 3
+static inline __m256 fp4x8(__m256i code, __m256 lut) {
+  const __m256 mag = _mm256_permutevar8x32_ps(lut, code);  // reads the low 3 bits
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(code, _mm256_set1_epi32(8)), 28);
+  return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
+}
+static inline __m256 bf16x8(const uint16_t* p) {
+  const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+#endif
+#if defined(HA_AVX512)
+static inline __m512 bf16x16(const uint16_t* p) {
+  const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+}
+#endif
+
+// x (T, K) fp32, blocks (O, K/32, 16) u8, scales (O, K/32) u8 -> y (T, O) fp32
+torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor scales) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 2, "x: fp32 (T, K)");
+  TORCH_CHECK(blocks.is_contiguous() && scales.is_contiguous(), "blocks/scales contiguous");
+  const int64_t O = blocks.size(0), G = blocks.size(1), T = x.size(0), K = G * 32;
+  TORCH_CHECK(x.size(1) == K, "x has ", x.size(1), " columns, the weight ", K);
+  // x regrouped per block: the 16 even inputs then the 16 odd ones (low / high nibbles)
+  auto xs = torch::empty({T, G, 32}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* xsp = xs.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t g = 0; g < G; ++g)
+      for (int j = 0; j < 16; ++j) {
+        xsp[(t * G + g) * 32 + j] = xp[t * K + g * 32 + 2 * j];
+        xsp[(t * G + g) * 32 + 16 + j] = xp[t * K + g * 32 + 2 * j + 1];
+      }
+  auto y = torch::empty({T, O}, x.options());
+  float* yp = y.data_ptr<float>();
+  const uint8_t* bp = blocks.data_ptr<uint8_t>();
+  const uint8_t* sp = scales.data_ptr<uint8_t>();
+  float scale[256];  // 2^(s - 127)
+  for (int i = 0; i < 256; ++i) scale[i] = std::ldexp(1.f, i - 127);
+  at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
+#if defined(HA_AVX512)
+    constexpr int TILE = 8;  // token rows sharing each decoded block
+    const __m512 lut = _mm512_loadu_ps(FP4);
+    const __m512i low4 = _mm512_set1_epi32(15);
+#elif defined(HA_AVX2)
+    constexpr int TILE = 4;  // two accumulators a row: 8 of the 16 registers
+    const __m256 lut = _mm256_loadu_ps(FP4);
+    const __m256i low4 = _mm256_set1_epi32(15);
+#else
+    constexpr int TILE = 8;
+#endif
+    for (int64_t o = o0; o < o1; ++o) {
+      const uint8_t* row = bp + o * G * 16;
+      const uint8_t* srow = sp + o * G;
+      for (int64_t t0 = 0; t0 < T; t0 += TILE) {
+        const int tn = int(std::min<int64_t>(TILE, T - t0));
+        const float* xt = xsp + t0 * G * 32;
+#if defined(HA_AVX512)
+        __m512 acc[TILE];
+        for (int i = 0; i < TILE; ++i) acc[i] = _mm512_setzero_ps();
+        for (int64_t g = 0; g < G; ++g) {
+          __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + g * 16)));
+          const __m512 sc = _mm512_set1_ps(scale[srow[g]]);
+          const __m512i nlo = _mm512_and_si512(b, low4), nhi = _mm512_srli_epi32(b, 4);
+          const __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(nlo, lut), sc);
+          const __m512 hi = _mm512_mul_ps(_mm512_permutexvar_ps(nhi, lut), sc);
+          for (int i = 0; i < tn; ++i) {
+            const float* xg = xt + (i * G + g) * 32;
+            acc[i] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xg), acc[i]);
+            acc[i] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + 16), acc[i]);
+          }
+        }
+        for (int i = 0; i < tn; ++i) yp[(t0 + i) * O + o] = _mm512_reduce_add_ps(acc[i]);
+#elif defined(HA_AVX2)
+        __m256 even[TILE], odd[TILE];
+        for (int i = 0; i < TILE; ++i) even[i] = odd[i] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < G; ++g) {
+          const uint8_t* bg = row + g * 16;
+          const __m256 sc = _mm256_set1_ps(scale[srow[g]]);
+          const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)bg));
+          const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(bg + 8)));
+          // weights 2j (low nibbles) pair with xs[j], weights 2j+1 (high) with xs[16 + j]
+          const __m256 e0 = _mm256_mul_ps(fp4x8(_mm256_and_si256(b0, low4), lut), sc);
+          const __m256 e1 = _mm256_mul_ps(fp4x8(_mm256_and_si256(b1, low4), lut), sc);
+          const __m256 d0 = _mm256_mul_ps(fp4x8(_mm256_srli_epi32(b0, 4), lut), sc);
+          const __m256 d1 = _mm256_mul_ps(fp4x8(_mm256_srli_epi32(b1, 4), lut), sc);
+          for (int i = 0; i < tn; ++i) {
+            const float* xg = xt + (i * G + g) * 32;
+            even[i] = _mm256_fmadd_ps(e0, _mm256_loadu_ps(xg), even[i]);
+            odd[i] = _mm256_fmadd_ps(d0, _mm256_loadu_ps(xg + 16), odd[i]);
+            even[i] = _mm256_fmadd_ps(e1, _mm256_loadu_ps(xg + 8), even[i]);
+            odd[i] = _mm256_fmadd_ps(d1, _mm256_loadu_ps(xg + 24), odd[i]);
+          }
+        }
+        for (int i = 0; i < tn; ++i) yp[(t0 + i) * O + o] = hsum(_mm256_add_ps(even[i], odd[i]));
+#else
+        float acc[TILE] = {0.f};
+        float w[32];
+        for (int64_t g = 0; g < G; ++g) {
+          const float sc = scale[srow[g]];
+          for (int j = 0; j < 16; ++j) {
+            const uint8_t byte = row[g * 16 + j];
+            w[j] = FP4[byte & 15] * sc;
+            w[16 + j] = FP4[byte >> 4] * sc;
+          }
+          for (int i = 0; i < tn; ++i) {
+            const float* xg = xt + (i * G + g) * 32;
+            float s = 0.f;
+            for (int j = 0; j < 32; ++j) s += w[j] * xg[j];
+            acc[i] += s;
+          }
+        }
+        for (int i = 0; i < tn; ++i) yp[(t0 + i) * O + o] = acc[i];
+#endif
+      }
+    }
+  });
+  return y;
+}
+
+// x (T, K) fp32, w (O, K) bf16 -> y (T, O) fp32: each weight row read once for TILE rows of x,
+// two weight rows at a time so that two accumulator chains hide the FMA latency.
+torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 2, "x: fp32 (T, K)");
+  TORCH_CHECK(w.dtype() == torch::kBFloat16 && w.is_contiguous() && w.dim() == 2, "w: bf16 (O, K)");
+  const int64_t T = x.size(0), K = x.size(1), O = w.size(0);
+  TORCH_CHECK(w.size(1) == K, "x has ", K, " columns, the weight ", w.size(1));
+  auto y = torch::empty({T, O}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  float* yp = y.data_ptr<float>();
+  constexpr int TILE = 4;
+  at::parallel_for(0, (O + 1) / 2, 32, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t o = 2 * p;
+      const int64_t o2 = std::min(o + 1, O - 1);  // an odd last row is computed twice
+      const uint16_t* w0 = wp + o * K;
+      const uint16_t* w1 = wp + o2 * K;
+      for (int64_t t0 = 0; t0 < T; t0 += TILE) {
+        const int tn = int(std::min<int64_t>(TILE, T - t0));
+        float s0[TILE], s1[TILE];
+        int64_t k = 0;
+#if defined(HA_AVX512)
+        __m512 a0[TILE], a1[TILE];
+        for (int i = 0; i < TILE; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+        for (; k + 16 <= K; k += 16) {
+          const __m512 v0 = bf16x16(w0 + k), v1 = bf16x16(w1 + k);
+          for (int i = 0; i < tn; ++i) {
+            const __m512 xv = _mm512_loadu_ps(xp + (t0 + i) * K + k);
+            a0[i] = _mm512_fmadd_ps(v0, xv, a0[i]);
+            a1[i] = _mm512_fmadd_ps(v1, xv, a1[i]);
+          }
+        }
+        for (int i = 0; i < tn; ++i) {
+          s0[i] = _mm512_reduce_add_ps(a0[i]);
+          s1[i] = _mm512_reduce_add_ps(a1[i]);
+        }
+#elif defined(HA_AVX2)
+        __m256 a0[TILE], a1[TILE];
+        for (int i = 0; i < TILE; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+        for (; k + 8 <= K; k += 8) {
+          const __m256 v0 = bf16x8(w0 + k), v1 = bf16x8(w1 + k);
+          for (int i = 0; i < tn; ++i) {
+            const __m256 xv = _mm256_loadu_ps(xp + (t0 + i) * K + k);
+            a0[i] = _mm256_fmadd_ps(v0, xv, a0[i]);
+            a1[i] = _mm256_fmadd_ps(v1, xv, a1[i]);
+          }
+        }
+        for (int i = 0; i < tn; ++i) {
+          s0[i] = hsum(a0[i]);
+          s1[i] = hsum(a1[i]);
+        }
+#else
+        for (int i = 0; i < tn; ++i) s0[i] = s1[i] = 0.f;
+#endif
+        for (int i = 0; i < tn; ++i) {
+          const float* xr = xp + (t0 + i) * K;
+          for (int64_t j = k; j < K; ++j) {  // the tail (all of it in plain C++)
+            s0[i] += bf16_to_float(w0[j]) * xr[j];
+            s1[i] += bf16_to_float(w1[j]) * xr[j];
+          }
+          yp[(t0 + i) * O + o] = s0[i];
+          yp[(t0 + i) * O + o2] = s1[i];
+        }
+      }
+    }
+  });
+  return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mxfp4_linear", &mxfp4_linear);
+  m.def("bf16_linear", &bf16_linear);
+  m.def("isa", &isa);
+}
+"""
+
+ISA_ENV = "HARMONY_AGENT_CPU_ISA"
+_ISA_MAX = {"native": 2, "avx2": 1, "scalar": 0}
+_lock = threading.Lock()
+_modules: dict[str, ModuleType | None] = {}
+
+
+def build_name(isa: str = "native") -> str:
+    return "harmony_agent_cpu_kernels_v3" + ("" if isa == "native" else f"_{isa}")
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("HARMONY_AGENT_NO_CPU_KERNEL"):
+        return None
+    isa = os.environ.get(ISA_ENV, "native")
+    if isa not in _ISA_MAX:
+        raise ValueError(f"{ISA_ENV} must be one of {', '.join(_ISA_MAX)}, got {isa!r}")
+    with _lock:
+        if isa not in _modules:
+            _modules[isa] = _build(isa)
+    return _modules[isa]
+
+
+def _build(isa: str) -> ModuleType | None:
+    name = build_name(isa)
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        if (folder := unbuilt_folder(name)) is not None:
+            # ~20 s of silence otherwise, on a first run that seems to hang.
+            print(
+                f"harmony-agent: compiling the CPU kernels once (about 20 s; kept in {folder})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return load_inline(
+            name=name,
+            cpp_sources=_SOURCE,
+            extra_cflags=["-O3", "-march=native", "-fopenmp", f"-DHA_ISA_MAX={_ISA_MAX[isa]}"],
+            extra_ldflags=["-fopenmp"],
+        )
+    except Exception:  # no compiler, no headers: keep the PyTorch path
+        return None
+
+
+def unbuilt_folder(name: str) -> str | None:
+    """The folder torch builds extension `name` in, when no build of it is there yet (None too
+    when this torch does not say: the notice is worth less than the kernel)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        folder = _get_build_directory(name, verbose=False)
+    except (ImportError, OSError):
+        return None
+    return None if os.path.exists(os.path.join(folder, f"{name}.so")) else folder
+
+
+def available() -> bool:
+    """Whether the kernels are built (building them on first call)."""
+    return _load() is not None
+
+
+def isa() -> str:
+    """The instruction set the built kernels use: avx512, avx2 or scalar."""
+    module = _load()
+    assert module is not None, "the CPU kernels are not available"
+    return str(module.isa())
+
+
+def mxfp4_linear(
+    x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x (T, K) @ W.T + bias with W (O, K) packed as blocks (O, K/32, 16) + scales (O, K/32)."""
+    module = _load()
+    assert module is not None, "the CPU kernels are not available"
+    y = module.mxfp4_linear(x.float().contiguous(), blocks, scales)
+    if bias is not None:
+        y += bias
+    return y.to(x.dtype)
+
+
+def bf16_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (T, K) @ w.T + bias for a contiguous bf16 w (O, K); accumulates in fp32."""
+    module = _load()
+    assert module is not None, "the CPU kernels are not available"
+    y = module.bf16_linear(x.float().contiguous(), w)
+    if bias is not None:
+        y += bias
+    return y.to(x.dtype)

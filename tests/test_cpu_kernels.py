@@ -1,0 +1,107 @@
+"""The CPU kernels against PyTorch: the MXFP4 linear against dequantise-then-matmul, the bf16
+linear against an fp32 matmul, for every instruction-set path this CPU can run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harmony_agent.model import cpu_kernels
+from harmony_agent.model.mxfp4 import dequantize
+from harmony_agent.model.transformer import Linear
+
+pytestmark = pytest.mark.skipif(
+    not cpu_kernels.available(), reason="no C++ compiler for the kernels"
+)
+
+
+def _variants() -> list[str]:
+    """The native build, the AVX2 path where the native one is AVX-512, and plain C++."""
+    native = cpu_kernels.isa()
+    return ["native", *(["avx2"] if native == "avx512" else []), "scalar"]
+
+
+@pytest.fixture(params=_variants())
+def isa(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(cpu_kernels.ISA_ENV, request.param)
+    built = cpu_kernels.isa()  # built now, for this variant
+    assert request.param == "native" or built == request.param
+    return built
+
+
+@pytest.mark.parametrize("rows", [1, 3, 9, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mxfp4_linear_matches_dequantised_matmul(isa: str, rows: int, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(rows)
+    blocks = torch.randint(0, 256, (40, 3, 16), generator=g, dtype=torch.uint8)  # out 40, in 96
+    scales = torch.randint(100, 140, (40, 3), generator=g).to(torch.uint8)
+    x = torch.randn(rows, 96, generator=g).to(dtype)
+    bias = torch.randn(40, generator=g).to(dtype)
+    ref = x.float() @ dequantize(blocks, scales, torch.float32).T + bias.float()
+    got = cpu_kernels.mxfp4_linear(x, blocks, scales, bias)
+    assert got.dtype == dtype and got.shape == (rows, 40)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), ref, atol=tol * ref.abs().max().item(), rtol=tol)
+
+
+def test_mxfp4_linear_on_strided_expert_views(isa: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (3, 8, 2, 16), generator=g, dtype=torch.uint8)
+    scales = torch.randint(120, 130, (3, 8, 2), generator=g).to(torch.uint8)
+    x = torch.randn(1, 64, generator=g)
+    for e in range(3):
+        ref = x @ dequantize(blocks[e], scales[e], torch.float32).T
+        torch.testing.assert_close(cpu_kernels.mxfp4_linear(x, blocks[e], scales[e]), ref)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 16])
+@pytest.mark.parametrize(("out", "width"), [(37, 96), (64, 83)])  # odd rows; a K tail
+def test_bf16_linear_matches_an_fp32_matmul(isa: str, rows: int, out: int, width: int) -> None:
+    g = torch.Generator().manual_seed(rows + out)
+    w = torch.randn(out, width, generator=g).bfloat16()
+    x = torch.randn(rows, width, generator=g)
+    bias = torch.randn(out, generator=g).bfloat16()
+    ref = x @ w.float().T + bias.float()
+    got = cpu_kernels.bf16_linear(x, w, bias)
+    assert got.dtype == torch.float32 and got.shape == (rows, out)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    got16 = cpu_kernels.bf16_linear(x.bfloat16(), w)
+    assert got16.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        got16.float(), x.bfloat16().float() @ w.float().T, atol=3e-2, rtol=1e-2
+    )
+
+
+def test_the_model_uses_the_kernel_in_inference_and_torch_for_training() -> None:
+    layer = Linear(96, 40).bfloat16()
+    x = torch.randn(2, 3, 96).bfloat16()  # leading batch dimensions
+    with torch.inference_mode():
+        got = layer(x)
+    torch.testing.assert_close(
+        got, cpu_kernels.bf16_linear(x.reshape(6, 96), layer.weight, layer.bias).view(2, 3, 40)
+    )
+    torch.testing.assert_close(
+        got.float(), torch.nn.functional.linear(x, layer.weight, layer.bias).float(),
+        atol=3e-2, rtol=2e-2,
+    )  # fmt: skip
+    layer(x).float().sum().backward()  # with gradients: torch's product, which has a backward
+    assert layer.weight.grad is not None
+
+
+def test_a_first_build_is_announced_and_a_cached_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = cpu_kernels.build_name()
+    assert cpu_kernels.available()  # built (or cached) in torch's extension folder
+    assert cpu_kernels.unbuilt_folder(name) is None
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = cpu_kernels.unbuilt_folder(name)
+    assert folder is not None and folder.startswith(str(tmp_path))
+
+
+def test_an_unknown_instruction_set_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cpu_kernels.ISA_ENV, "sse9")
+    with pytest.raises(ValueError, match="HARMONY_AGENT_CPU_ISA"):
+        cpu_kernels.available()
