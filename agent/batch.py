@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -92,27 +94,88 @@ def to_run(tasks: list[Task], statuses: dict[str, str], *, retry: bool = True) -
 
 
 def run_batch(
-    agent: Agent,
+    agents: Agent | Sequence[Agent],
     tasks: list[Task],
     output: str | os.PathLike[str],
 ) -> Iterator[tuple[Task, RunResult]]:
     """Run each task as a new conversation, appending one JSON line to `output` as each
     finishes. A run that raises (the model failed) gets a line with status `error` and the
-    exception's message as its detail, and ends the batch with `TaskFailed`."""
+    exception's message as its detail, and ends the batch with `TaskFailed`.
+
+    Given several agents (sharing one model, each with tools of its own), that many tasks run at
+    once, each agent in a thread of its own: their model calls decode together, and one task's
+    tool calls never hold up the others. Lines come in the order the tasks finish; after a
+    failure no new task starts, the running ones finish and are written, then `TaskFailed`.
+    """
+    agents = [agents] if isinstance(agents, Agent) else list(agents)
     output = Path(output)
     if output.exists():
         drop_torn_line(output)  # an interrupted write
     with output.open("a", encoding="utf-8") as out:
-        for task in tasks:
-            try:
-                agent.reset_tools()  # nothing of the previous task's kernel leaks into this one
-                result = agent.run(task.prompt)
-            except Exception as e:
+        failure: TaskFailed | None = None
+        for task, outcome in _outcomes(agents, tasks):
+            if isinstance(outcome, Exception):
                 record = {"id": task.id, "task": task.prompt, "final": None, "status": ERROR}
-                _write(out, {**record, "detail": f"{type(e).__name__}: {e}"})
-                raise TaskFailed(task, e) from e
-            _write(out, {"id": task.id, "task": task.prompt, **result.to_dict()})
-            yield task, result
+                _write(out, {**record, "detail": f"{type(outcome).__name__}: {outcome}"})
+                failure = failure or TaskFailed(task, outcome)
+                continue
+            _write(out, {"id": task.id, "task": task.prompt, **outcome.to_dict()})
+            yield task, outcome
+        if failure is not None:
+            raise failure
+
+
+def _outcomes(
+    agents: list[Agent], tasks: list[Task]
+) -> Iterator[tuple[Task, RunResult | Exception]]:
+    """Each task's result, or what its run raised, as the tasks finish."""
+    if len(agents) == 1:
+        for task in tasks:
+            outcome = _attempt(agents[0], task)
+            yield task, outcome
+            if isinstance(outcome, Exception):
+                return
+        return
+    todo = iter(tasks)
+    lock = threading.Lock()
+    stop = threading.Event()
+    done: queue.Queue[tuple[Task, RunResult | Exception] | None] = queue.Queue()
+
+    def work(agent: Agent) -> None:
+        try:
+            while not stop.is_set():
+                with lock:
+                    task = next(todo, None)
+                if task is None:
+                    return
+                outcome = _attempt(agent, task)
+                if isinstance(outcome, Exception):
+                    stop.set()
+                done.put((task, outcome))
+        finally:
+            done.put(None)
+
+    workers = [
+        threading.Thread(target=work, args=(a,), name=f"batch-{i}", daemon=True)
+        for i, a in enumerate(agents)
+    ]
+    for w in workers:
+        w.start()
+    running = len(workers)
+    while running:
+        item = done.get()
+        if item is None:
+            running -= 1
+        else:
+            yield item
+
+
+def _attempt(agent: Agent, task: Task) -> RunResult | Exception:
+    try:
+        agent.reset_tools()  # nothing of the previous task's kernel leaks into this one
+        return agent.run(task.prompt)
+    except Exception as e:
+        return e
 
 
 def _write(out: IO[str], record: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 
@@ -33,6 +34,7 @@ class ScriptedModel:
         ]
         self.prompts: list[list[int]] = []
         self.delay = delay
+        self._lock = threading.Lock()  # concurrent callers (a batch, a server) take turns in order
 
     @property
     def remaining(self) -> int:
@@ -48,13 +50,14 @@ class ScriptedModel:
         sampling: Sampling = Sampling(),  # noqa: B008 - frozen dataclass, safe as default
     ) -> Iterator[int]:
         # Check eagerly (not inside the generator) so the error surfaces at the call.
-        if self.remaining <= 0:
-            raise ScriptExhausted(
-                f"ScriptedModel ran out of turns: generate() called {len(self.prompts) + 1} "
-                f"times but only {len(self.turns)} turns were scripted"
-            )
-        turn = self.turns[len(self.prompts)]
-        self.prompts.append(list(prompt))
+        with self._lock:
+            if self.remaining <= 0:
+                raise ScriptExhausted(
+                    f"ScriptedModel ran out of turns: generate() called {len(self.prompts) + 1} "
+                    f"times but only {len(self.turns)} turns were scripted"
+                )
+            turn = self.turns[len(self.prompts)]
+            self.prompts.append(list(prompt))
         return self._stream(turn, set(stop_tokens), max_tokens)
 
     def _stream(self, turn: list[int], stop_tokens: set[int], max_tokens: int) -> Iterator[int]:
