@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 from openai_harmony import Message
 
 from harmony_agent.model import Model, Sampling
-from harmony_agent.tools import BuiltinTool
+from harmony_agent.tools import BuiltinTool, ToolGroup
 
 from .conversation import developer_message, strip_preamble, system_message
 from .events import AgentEvent, RunDone
@@ -40,7 +40,8 @@ class Agent:
     """Anything with `generate(prompt, *, stop_tokens, max_tokens, sampling)`: a checkpoint from
     `load_model`, or a `ScriptedModel`."""
     tools: Sequence[Tool] = ()
-    """Function tools (`@function_tool`) and built-in tools (`PythonTool()`, `BrowserTool()`)."""
+    """Function tools (`@function_tool`), built-in tools (`PythonTool()`, `BrowserTool()`) and
+    MCP servers (`MCPServer(...)`, started at the first run)."""
     instructions: str | None = None
     """The developer's instructions, sent in the developer message."""
     reasoning_effort: Literal["low", "medium", "high"] = "medium"
@@ -143,7 +144,9 @@ class Agent:
     async def areset_tools(self) -> None:
         """Clear the state tools keep between calls (the python kernel's variables): call it when
         a new conversation starts, so that nothing of an earlier one carries over."""
-        await asyncio.gather(*(t.reset() for t in self.tools if isinstance(t, BuiltinTool)))
+        await asyncio.gather(
+            *(t.reset() for t in self.tools if isinstance(t, BuiltinTool | ToolGroup))
+        )
 
     async def aclose(self) -> None:
         """Shut down the tools' resources (kernels, browsers)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import stat
@@ -14,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from harmony_agent.model import EncodingError, Sampling, ScriptedModel, ScriptExhausted
-from harmony_agent.tools import FunctionTool
+from harmony_agent.tools import FunctionTool, ToolGroup
 from harmony_agent.tools.browser.search import SEARCH_ENV, SEARCH_SERVICES
 from harmony_agent.tools.plugins import PluginError, installed_plugins, load_reference
 
@@ -38,9 +41,11 @@ class CliError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from harmony_agent.tools import SandboxUnavailable
+    from harmony_agent.tools.mcp import MCPServerError
 
     errors: list[type[BaseException]] = [
         SandboxUnavailable,
+        MCPServerError,
         CliError,
         ValueError,  # e.g. a conversation longer than the model's context
         PluginError,
@@ -134,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where --batch appends results (default: TASKS.results.jsonl)",
     )
     run.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="with --batch, run N tasks at once on the one model: their tokens decode together "
+        "(default: 1)",
+    )
+    run.add_argument(
         "--no-retry",
         dest="retry",
         action="store_false",
@@ -164,7 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:ATTR",
         help="also load these tools",
     )
+    _add_mcp_options(listing)
     listing.set_defaults(handler=_list_tools)
+    _add_mcp_command(commands)
+
+    from .server.cli import add_serve_command
+
+    add_serve_command(commands)
 
     try:
         from harmony_agent.model.cli import add_model_commands
@@ -210,7 +229,8 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _add_agent_options(parser: argparse.ArgumentParser) -> None:
+def _add_agent_options(parser: argparse.ArgumentParser, *, terminal: bool = True) -> None:
+    """The options that make an agent; `terminal`: also those of showing a run (not `serve`)."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--model", metavar="PATH", help=f"gpt-oss checkpoint folder (default: ${MODEL_ENV})"
@@ -255,26 +275,8 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let the model search the web and open public pages in Chromium",
     )
-    browser.add_argument(
-        "--search",
-        choices=SEARCH_SERVICES,
-        help="search service for --browser: duckduckgo needs no key, exa $EXA_API_KEY, you "
-        "$YDC_API_KEY, searxng --searxng-url",
-    )
-    browser.add_argument(
-        "--searxng-url",
-        metavar="URL",
-        help="a SearXNG instance to search with, its JSON format enabled (default: $SEARXNG_URL)",
-    )
-    browser.add_argument(
-        "--browser-allow",
-        action="append",
-        default=[],
-        type=_host_port,
-        metavar="HOST[:PORT]",
-        help="also open pages on HOST (any port unless :PORT is given), which the browser "
-        "refuses by default when it has a private or loopback address (repeatable)",
-    )
+    _add_browser_service_options(browser)
+    _add_mcp_options(parser)
     parser.add_argument("--instructions", help="developer instructions")
     parser.add_argument(
         "--effort",
@@ -318,12 +320,161 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="launch each decode step's kernels one by one (triton backend)",
     )
-    parser.add_argument(
-        "--hide-reasoning",
-        dest="reasoning",
-        action="store_false",
-        help="do not show the model's reasoning",
+    if terminal:
+        parser.add_argument(
+            "--hide-reasoning",
+            dest="reasoning",
+            action="store_false",
+            help="do not show the model's reasoning",
+        )
+
+
+def _add_browser_service_options(browser: argparse._ArgumentGroup) -> None:
+    browser.add_argument(
+        "--search",
+        choices=SEARCH_SERVICES,
+        help="search service for --browser: duckduckgo needs no key, exa $EXA_API_KEY, you "
+        "$YDC_API_KEY, searxng --searxng-url",
     )
+    browser.add_argument(
+        "--searxng-url",
+        metavar="URL",
+        help="a SearXNG instance to search with, its JSON format enabled (default: $SEARXNG_URL)",
+    )
+    browser.add_argument(
+        "--browser-allow",
+        action="append",
+        default=[],
+        type=_host_port,
+        metavar="HOST[:PORT]",
+        help="also open pages on HOST (any port unless :PORT is given), which the browser "
+        "refuses by default when it has a private or loopback address (repeatable)",
+    )
+
+
+def _add_mcp_options(parser: argparse.ArgumentParser) -> None:
+    from harmony_agent.tools.mcp import config_path
+
+    mcp = parser.add_argument_group(
+        "MCP servers",
+        "Their tools reach the model as functions.TOOL (functions.NAME_TOOL where two tools "
+        f"share a name). Servers configured in {_home_relative(config_path())} (an "
+        '"mcpServers" object, as other MCP hosts use) start too.',
+    )
+    mcp.add_argument(
+        "--mcp",
+        dest="mcp_specs",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND|URL",
+        help="use an MCP server: NAME=http(s)://... (streamable HTTP) or NAME='COMMAND ARGS...' "
+        "(stdio; split as the shell splits, so quote the whole value); repeatable",
+    )
+    mcp.add_argument(
+        "--mcp-config",
+        metavar="FILE",
+        help="read MCP servers from FILE instead of the default configuration",
+    )
+    mcp.add_argument(
+        "--no-mcp-config",
+        action="store_true",
+        help="start no servers from the MCP configuration, only those given with --mcp",
+    )
+
+
+def _add_mcp_command(commands: Any) -> None:
+    mcp = commands.add_parser(
+        "mcp",
+        help="serve the sandboxed python or the browser to other agents over MCP",
+        description="Serve one of our tools as an MCP server, for Codex, Claude, Cursor and other "
+        "MCP hosts: over stdio (the host starts this command) or streamable HTTP (at "
+        "http://HOST:PORT/mcp). Each client session gets its own kernel or page stack.",
+    )
+    served = mcp.add_subparsers(title="tools", required=True, metavar="TOOL")
+    python = served.add_parser(
+        "python", help="the stateful Python kernel, in the sandbox (needs bubblewrap)"
+    )
+    python.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="interrupt a call after this long (default: 120)",
+    )
+    python.add_argument(
+        "--dangerously-run-python-unsandboxed",
+        dest="python_unsandboxed",
+        action="store_true",
+        help="where the sandbox is unavailable, run clients' code as an ordinary process with "
+        "all your rights",
+    )
+    browser = served.add_parser(
+        "browser",
+        help="search, open and find in Chromium, refusing loopback and private addresses",
+        description="--search picks the search service as for `run --browser` (default: "
+        f"DuckDuckGo, or ${SEARCH_ENV}).",
+    )
+    _add_browser_service_options(browser.add_argument_group("browser"))
+    for parser in (python, browser):
+        parser.add_argument(
+            "--transport",
+            choices=["stdio", "http"],
+            default="stdio",
+            help="stdio (default), or streamable HTTP at http://HOST:PORT/mcp",
+        )
+        parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="with http: address to listen on (default: 127.0.0.1)",
+        )
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=8000,
+            help="with http: port to listen on; 0 picks a free one (default: 8000)",
+        )
+        parser.add_argument(
+            "--max-sessions",
+            type=_positive_int,
+            default=8,
+            metavar="N",
+            help="client sessions kept at once, each with its own state; the least recently "
+            "used idle one is closed to make room (default: 8)",
+        )
+    python.set_defaults(handler=_mcp_serve, served="python")
+    browser.set_defaults(handler=_mcp_serve, served="browser", browser=True)
+
+
+def _mcp_serve(args: argparse.Namespace) -> int:
+    from harmony_agent.tools.mcp.serve import browser_server, python_server, serve
+
+    if args.transport == "stdio" and (args.host != "127.0.0.1" or args.port != 8000):
+        raise CliError("--host and --port go with --transport http")
+    if args.served == "python":
+        server, sessions = python_server(
+            args.transport,
+            timeout=args.timeout,
+            dangerously_allow_unsandboxed=args.python_unsandboxed,
+            max_sessions=args.max_sessions,
+        )
+    else:
+        server, sessions = browser_server(
+            _browser(args), args.transport, max_sessions=args.max_sessions
+        )
+
+    def announce(url: str) -> None:
+        print(
+            f"harmony-agent: serving {args.served} over MCP at {url}", file=sys.stderr, flush=True
+        )
+
+    asyncio.run(serve(server, sessions, args.transport, host=args.host, port=args.port,
+                      announce=announce))  # fmt: skip
+    return EXIT_OK
+
+
+def _home_relative(path: Path) -> str:
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
 
 
 def _positive_int(text: str) -> int:
@@ -363,7 +514,24 @@ def _tools(args: argparse.Namespace) -> list[Tool]:
     for tool in tools:
         if not any(tool is kept for kept in unique):
             unique.append(tool)
-    return unique
+    return unique + _mcp_servers(args)
+
+
+def _mcp_servers(args: argparse.Namespace) -> list[Tool]:
+    """The configured servers and those of --mcp (which win over a configured one of the same
+    name), started now: a server that cannot start fails before a model loads."""
+    from harmony_agent.tools.mcp import load_config, server_from_spec, start_all
+
+    servers = {}
+    if not getattr(args, "no_mcp_config", False):
+        servers = {s.name: s for s in load_config(getattr(args, "mcp_config", None))}
+    elif getattr(args, "mcp_config", None):
+        raise CliError("--mcp-config and --no-mcp-config contradict each other: give one")
+    for spec in getattr(args, "mcp_specs", ()):
+        server = server_from_spec(spec)
+        servers[server.name] = server
+    start_all(list(servers.values()))
+    return list(servers.values())
 
 
 def _browser(args: argparse.Namespace) -> Tool:
@@ -440,8 +608,12 @@ def _scripted_model(path: str) -> ScriptedModel:
     return ScriptedModel(turns, delay=float(delay))
 
 
+def _uses_demo(args: argparse.Namespace) -> bool:
+    return not (args.model or args.scripted or os.environ.get(MODEL_ENV))
+
+
 def _agent(args: argparse.Namespace) -> Agent:
-    demo = not (args.model or args.scripted or os.environ.get(MODEL_ENV))
+    demo = _uses_demo(args)
     temperature = args.temperature if args.temperature is not None else 0.0 if demo else 1.0
     try:
         sampling = Sampling(temperature=temperature, top_p=args.top_p, seed=args.seed)
@@ -464,13 +636,12 @@ def _agent(args: argparse.Namespace) -> Agent:
 def _demo_agent(args: argparse.Namespace, sampling: Sampling) -> Agent:
     """The built-in demo model, with exactly the prompt it was trained on."""
     from harmony_agent.model.demo import DEMO_CURRENT_DATE, load_demo_model
-    from harmony_agent.model.demo.task import convert_units
-    from harmony_agent.tools import PythonTool, function_tool
 
-    if args.tool_refs or args.browser or args.instructions:
+    if args.tool_refs or args.browser or args.instructions or args.mcp_specs:
         raise CliError(
             "the built-in demo model knows only its own tools and no instructions; drop "
-            "--tools/--browser/--instructions, or give a gpt-oss checkpoint with --model PATH"
+            "--tools/--browser/--mcp/--instructions, or give a gpt-oss checkpoint with --model "
+            "PATH"
         )
     print(
         "No model given: using the built-in demo model (a tiny gpt-oss trained for arithmetic and "
@@ -483,10 +654,7 @@ def _demo_agent(args: argparse.Namespace, sampling: Sampling) -> Agent:
         raise CliError(str(e)) from None
     return Agent(
         model,
-        tools=[
-            PythonTool(dangerously_allow_unsandboxed=args.python_unsandboxed),
-            function_tool(convert_units),
-        ],
+        tools=_demo_tools(args),
         reasoning_effort="medium",
         sampling=sampling,
         max_steps=args.max_steps,
@@ -494,6 +662,16 @@ def _demo_agent(args: argparse.Namespace, sampling: Sampling) -> Agent:
         max_total_tokens=args.max_tokens,
         current_date=DEMO_CURRENT_DATE,
     )
+
+
+def _demo_tools(args: argparse.Namespace) -> list[Tool]:
+    from harmony_agent.model.demo.task import convert_units
+    from harmony_agent.tools import PythonTool, function_tool
+
+    return [
+        PythonTool(dangerously_allow_unsandboxed=args.python_unsandboxed),
+        function_tool(convert_units),
+    ]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -504,8 +682,8 @@ def _run(args: argparse.Namespace) -> int:
             raise CliError("--batch runs the tasks of its file: give no task, --continue or "
                            "--transcript with it")  # fmt: skip
         return _run_batch(args)
-    if args.output or not args.retry:
-        raise CliError("--output and --no-retry go with --batch TASKS")
+    if args.output or not args.retry or args.concurrency != 1:
+        raise CliError("--output, --no-retry and --concurrency go with --batch TASKS")
     if args.task == "-" or (args.task is None and _stdin_is_piped()):
         args.task = sys.stdin.read().strip()
     if not args.task:
@@ -546,9 +724,19 @@ def _run_batch(args: argparse.Namespace) -> int:
     if todo:  # else the model is not even loaded
         retried = sum(before[t.id] != NOT_RUN for t in todo)
         say(f"running {len(todo)} of {len(tasks)} tasks" + f" ({retried} retried)" * (retried > 0))
-        with _agent(args) as agent:
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(_agent(args))
+            # One model; each concurrent task gets an agent with tools of its own (its kernel).
+            agents = [first] + [
+                stack.enter_context(
+                    dataclasses.replace(
+                        first, tools=_demo_tools(args) if _uses_demo(args) else _tools(args)
+                    )
+                )
+                for _ in range(min(args.concurrency, len(todo)) - 1)
+            ]
             try:
-                for task, result in run_batch(agent, todo, output):
+                for task, result in run_batch(agents, todo, output):
                     ran += 1
                     seconds = result.usage.seconds
                     say(f"[{ran}/{len(todo)}] {task.id}: {result.status} ({seconds:.1f} s)")
@@ -618,16 +806,24 @@ def _completion(args: argparse.Namespace) -> int:
 
 
 def _list_tools(args: argparse.Namespace) -> int:
+    from .toolbox import Toolbox
+
     console = Console(highlight=False)
     tools = _tools(args)
     if not tools:
-        console.print("no tools: install a plugin or pass --tools MODULE:ATTR")
-    for tool in tools:
-        if isinstance(tool, FunctionTool):
-            console.print(f"[bold]functions.{tool.name}[/bold]  {tool.description}")
-            console.print(json.dumps(tool.parameters), style="dim", soft_wrap=True)
-        else:
-            console.print(f"[bold]{', '.join(tool.recipients())}[/bold]  (built-in namespace)")
+        console.print("no tools: install a plugin, pass --tools MODULE:ATTR or --mcp NAME=...")
+    try:
+        toolbox = Toolbox(tools, default_timeout=None)  # the names as the model sees them
+        for description in toolbox.functions():
+            console.print(f"[bold]functions.{description.name}[/bold]  {description.description}")
+            console.print(json.dumps(description.parameters), style="dim", soft_wrap=True)
+        for tool in tools:
+            if not isinstance(tool, FunctionTool | ToolGroup):
+                console.print(f"[bold]{', '.join(tool.recipients())}[/bold]  (built-in namespace)")
+    finally:
+        for tool in tools:
+            if isinstance(tool, ToolGroup):
+                asyncio.run(tool.aclose())
     return EXIT_OK
 
 

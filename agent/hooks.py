@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 class AgentHooks:
     """No-op methods to override."""
 
-    async def on_run_start(self, prompt: str) -> None:
-        """A run begins with the user's `prompt`."""
+    async def on_run_start(self, prompt: str | None) -> None:
+        """A run begins with the user's `prompt` (None: it continues the history given)."""
 
     async def on_model_call(self, step: int, prompt_tokens: Sequence[int]) -> None:
         """Model call number `step` (from 1) is about to continue `prompt_tokens`."""

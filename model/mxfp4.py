@@ -73,7 +73,7 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # (no (..., 8) distance tensor: 20b's experts would need 17 GB for it).
     mags = FP4_VALUES[:8]
     mids = torch.tensor([(a + b) / 2 for a, b in itertools.pairwise(mags)], device=w.device)
-    idx = torch.bucketize(scaled.abs(), mids, out_int32=True)  # (..., G, 32)
+    idx = torch.bucketize(scaled.abs().contiguous(), mids, out_int32=True)  # (..., G, 32)
     nibble = torch.where((scaled < 0) & (idx > 0), idx + 8, idx).to(torch.uint8)
     blocks = nibble[..., 0::2] | (nibble[..., 1::2] << 4)
     scales = (exp + 127).to(torch.uint8)

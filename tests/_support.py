@@ -11,12 +11,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pexpect
 import pyte
 import pytest
 
 from harmony_agent.sandbox import SandboxUnavailable, probe
+
+if TYPE_CHECKING:
+    import openai
 
 
 def _sandbox_missing() -> str | None:
@@ -158,11 +162,12 @@ PROMPT = "›"
 
 def cli_env(folder: Path, **extra: str) -> dict[str, str]:
     """The environment the CLI tests run `harmony-agent` in: modules importable from `folder`,
-    a fixed width, a cache of its own, and no cursor position requests from prompt_toolkit
-    (pexpect's terminal never answers them: the prompt would wait, then warn)."""
+    a fixed width, a cache and a configuration folder of its own (no MCP servers the user
+    configured), and no cursor position requests from prompt_toolkit (pexpect's terminal
+    never answers them: the prompt would wait, then warn)."""
     return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}", "COLUMNS": "100",
             "HARMONY_AGENT_CACHE": str(folder / "cache"), "PROMPT_TOOLKIT_NO_CPR": "1",
-            **extra}  # fmt: skip
+            "XDG_CONFIG_HOME": str(folder / "config"), **extra}  # fmt: skip
 
 
 def spawn_cli(folder: Path, *args: str, **extra_env: str) -> pexpect.spawn:
@@ -210,3 +215,74 @@ def colour_codes(output: str) -> list[str]:
         if any(30 <= p <= 38 or 40 <= p <= 48 or 90 <= p <= 97 or 100 <= p <= 107 for p in params):
             found.append(match.group(0))
     return found
+
+
+@contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a thread; yields its
+    base URL, `http://127.0.0.1:PORT`."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on port {port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+# -- the OpenAI-compatible server --------------------------------------------------------------
+
+GREETING = (
+    "<|channel|>analysis<|message|>The user greets me.<|end|>"
+    "<|start|>assistant<|channel|>final<|message|>Hello!<|return|>"
+)
+WEATHER_CALL = (
+    "<|channel|>analysis<|message|>I need the weather.<|end|><|start|>assistant<|channel|>"
+    'commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
+)
+SUNNY = (
+    "<|channel|>analysis<|message|>The tool says sunny.<|end|><|start|>assistant"
+    "<|channel|>final<|message|>It is 18C and sunny in Paris.<|return|>"
+)
+KEPT_REASONING = "<|channel|>analysis<|message|>I need the weather.<|end|>"
+"""WEATHER_CALL's reasoning as a later prompt of the same turn must hold it."""
+
+
+@contextmanager
+def serving_model(model: Any, **options: Any) -> Iterator[tuple[str, openai.OpenAI]]:
+    """The server over `model` (named gpt-oss, a fixed date), live on 127.0.0.1: yields its URL
+    and an openai SDK client for it (no retries)."""
+    import openai
+
+    from harmony_agent.agent.server import ServerConfig, create_app
+
+    dated = {"current_date": "2025-06-01"}
+    config = ServerConfig(model, model_name="gpt-oss", agent_options=dated, **options)
+    with live_server(create_app(config)) as url:
+        yield url, openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def decoded_prompt(model: Any, i: int) -> str:
+    """The `i`th prompt a ScriptedModel received, special tokens written out."""
+    from harmony_agent.encoding import harmony_encoding
+
+    return harmony_encoding().decode(model.prompts[i])
+
+
+def token_count(text: str) -> int:
+    from harmony_agent.encoding import harmony_encoding
+
+    return len(harmony_encoding().encode(text, allowed_special="all"))

@@ -357,9 +357,36 @@ def test_a_finished_batch_loads_no_model(workdir: Path) -> None:
     assert len(result_lines(workdir, "id")) == 3
 
 
+MEET = '''
+import threading
+from harmony_agent.tools import function_tool
+
+_here = threading.Barrier(3, timeout=60)
+
+@function_tool
+def add(a: int, b: int) -> int:
+    """Add two integers, once three callers are here at once."""
+    _here.wait()
+    return a + b
+'''
+
+
+def test_batch_concurrency_runs_tasks_at_once_each_with_its_own_tools(workdir: Path) -> None:
+    (workdir / "meet.py").write_text(MEET)  # returns only when three tasks call it together
+    (workdir / "tasks.jsonl").write_text(TASKS)
+    (workdir / "script.json").write_text(json.dumps([CALL] * 3 + [FINAL] * 3))
+    proc = cli(workdir, "run", "--scripted", "script.json", "--tools", "meet:add",
+               "--batch", "tasks.jsonl", "--concurrency", "3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(result_lines(workdir, "id", "final", "status")) == [
+        (i, "The answer is **5**.", "completed") for i in ("2", "a", "c")
+    ]
+    assert proc.stderr.splitlines()[-1] == "done: 3/3 completed; results in tasks.results.jsonl"
+
+
 def test_batch_options_need_batch(workdir: Path) -> None:
-    message = "--output and --no-retry go with --batch TASKS"
-    for option in (["--no-retry"], ["--output", "out.jsonl"]):
+    message = "--output, --no-retry and --concurrency go with --batch TASKS"
+    for option in (["--no-retry"], ["--output", "out.jsonl"], ["--concurrency", "2"]):
         proc = cli(workdir, "run", "--scripted", "turns.json", *option, "hi")
         assert proc.returncode == 1
         assert proc.stderr == f"harmony-agent: error: {message}\n"

@@ -5,14 +5,20 @@ Two kinds, as harmony declares them:
   `functions` namespace and are addressed as `functions.NAME`;
 - built-in tools (`BuiltinTool`: the browser, python) are namespaces declared in the system
   message and addressed as `NAMESPACE` or `NAMESPACE.METHOD` (`python`, `browser.open`).
+
+A `ToolGroup` (an MCP server's tools) is a set of function tools found at run time.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from openai_harmony import ToolNamespaceConfig
+
+if TYPE_CHECKING:
+    from .function_tool import FunctionTool
 
 
 @dataclass(frozen=True)
@@ -70,3 +76,23 @@ class BuiltinTool(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most tools hold nothing
         """Release what the tool holds (a kernel, a browser). Called when the agent session ends."""
+
+
+class ToolGroup(ABC):
+    """Function tools that someone else defines and that are known only once asked for: an MCP
+    server's. The agent asks at its first prompt; a tool name that another tool also has is
+    shown to the model as `{name}_{tool}`."""
+
+    name: str
+    """Names the group in messages, and prefixes its tools' names where they clash."""
+
+    @abstractmethod
+    def function_tools(self) -> list[FunctionTool]:
+        """The tools, in the `functions` namespace; may block while they are fetched. Raises
+        (with a one-line message) when they cannot be had."""
+
+    async def reset(self) -> None:  # noqa: B027 - optional hook
+        """Forget the state earlier calls left, as a new conversation starts."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the group holds (a server process, a connection)."""
