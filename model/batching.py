@@ -128,8 +128,6 @@ class BatchEngine:
         with self._cond:
             for seq in [s for s in self._running if s.cancelled or s.done]:
                 self._finish(seq)
-            while self._waiting and self._waiting[0].cancelled:
-                self._waiting.popleft()
             self._admit()
             decoding = [s for s in self._running if s.pending == 1]
             prefilling = [s for s in self._running if s.pending > 1]
@@ -153,9 +151,12 @@ class BatchEngine:
         """Move waiting sequences to running, in order, while their prompts fit."""
         while self._waiting and len(self._running) < self.max_running:
             seq = self._waiting[0]
+            if seq.cancelled:
+                self._waiting.popleft()
+                continue
             table = self.pool.match(seq.tokens, limit=len(seq.tokens) - 1)
             if not self.pool.reserve(table, len(seq.tokens)):
-                self.pool.release(table)
+                self.pool.release(table, cache=False)  # (a copied page kept would evict others)
                 return
             self._waiting.popleft()
             self.stats.reused_tokens += table.length

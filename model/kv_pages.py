@@ -140,10 +140,11 @@ class PagePool:
                     self._full[key] = page
                 table.roots.append(key)
 
-    def release(self, table: PageTable) -> None:
-        """The sequence is done with its pages; they stay cached for prompts that start alike."""
+    def release(self, table: PageTable, *, cache: bool = True) -> None:
+        """The sequence is done with its pages; they stay cached for prompts that start alike
+        (with `cache` False, only the pages already registered do)."""
         full = len(table.roots) - 1
-        if len(table.pages) > full and table.length > full * self.page_size:
+        if cache and len(table.pages) > full and table.length > full * self.page_size:
             last = table.pages[full]  # partly filled: kept for copies of its first rows
             if self._parent[last] is None:
                 self._register(
