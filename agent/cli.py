@@ -40,6 +40,7 @@ class CliError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from harmony_agent.model.remote import RemoteEngineError
     from harmony_agent.tools import SandboxUnavailable
     from harmony_agent.tools.mcp import MCPServerError
 
@@ -54,6 +55,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         BatchError,
         OSError,
         ScriptExhausted,
+        RemoteEngineError,
     ]
     try:
         from harmony_agent.model.checkpoint import CheckpointError
@@ -233,7 +235,16 @@ def _add_agent_options(parser: argparse.ArgumentParser, *, terminal: bool = True
     """The options that make an agent; `terminal`: also those of showing a run (not `serve`)."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--model", metavar="PATH", help=f"gpt-oss checkpoint folder (default: ${MODEL_ENV})"
+        "--model",
+        metavar="PATH",
+        help="gpt-oss checkpoint folder, .gguf file, or the http:// URL of a model served by "
+        f"--engine (default: ${MODEL_ENV})",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["llamacpp", "vllm", "sglang"],
+        help="what serves --model URL: llama.cpp's llama-server, vLLM or SGLang (token ids in "
+        "and out; harmony stays here)",
     )
     source.add_argument(
         "--scripted",
@@ -549,12 +560,24 @@ def _browser(args: argparse.Namespace) -> Tool:
     return BrowserTool(allow_private_network=args.browser_allow or False, search_backend=search)
 
 
+def _check_engine(args: argparse.Namespace) -> str | None:
+    """--engine, which only a served model (--model URL) takes."""
+    from harmony_agent.model.remote import is_url
+
+    engine = getattr(args, "engine", None)
+    if engine and not is_url(args.model or os.environ.get(MODEL_ENV, "")):
+        raise CliError("--engine names what serves --model URL (an http:// address)")
+    return engine
+
+
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    engine = _check_engine(args)
     return {
         "device": args.device,
         "backend": args.backend,
         "max_context": args.context,
         "cuda_graph": args.cuda_graph,
+        **({"engine": engine} if engine else {}),
     }
 
 
@@ -573,12 +596,13 @@ def _load_model(args: argparse.Namespace) -> Any:
     except CheckpointError as e:
         raise CliError(
             f"{e} (a gpt-oss checkpoint folder holds config.json and *.safetensors, directly "
-            "or under original/; get one with `huggingface-cli download openai/gpt-oss-20b "
-            "--include 'original/*' --local-dir gpt-oss-20b`)"
+            "or under original/, or it is a .gguf file; get one with `huggingface-cli download "
+            "openai/gpt-oss-20b --include 'original/*' --local-dir gpt-oss-20b`)"
         ) from None
-    if model.config.vocab_size < VOCAB_SIZE:
+    config = getattr(model, "config", None)  # a served model checked its vocabulary itself
+    if config is not None and config.vocab_size < VOCAB_SIZE:
         raise CliError(
-            f"{path}: its vocabulary has {model.config.vocab_size} tokens, fewer than harmony's "
+            f"{path}: its vocabulary has {config.vocab_size} tokens, fewer than harmony's "
             f"{VOCAB_SIZE}: it cannot run as an agent"
         )
     return model
@@ -614,6 +638,7 @@ def _uses_demo(args: argparse.Namespace) -> bool:
 
 def _agent(args: argparse.Namespace) -> Agent:
     demo = _uses_demo(args)
+    _check_engine(args)  # before the demo model's notice
     temperature = args.temperature if args.temperature is not None else 0.0 if demo else 1.0
     try:
         sampling = Sampling(temperature=temperature, top_p=args.top_p, seed=args.seed)

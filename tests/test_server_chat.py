@@ -1,0 +1,170 @@
+"""Chat Completions through the official openai SDK, against a live server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from _support import (
+    GREETING,
+    KEPT_REASONING,
+    SUNNY,
+    WEATHER_CALL,
+    decoded_prompt,
+    serving_model,
+    token_count,
+)
+
+from harmony_agent import ScriptedModel
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_an_answer_with_its_reasoning_and_real_usage() -> None:
+    model = ScriptedModel([GREETING])
+    with serving_model(model) as (_, client):
+        completion = client.chat.completions.create(
+            model="gpt-oss",
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ],
+        )
+    (choice,) = completion.choices
+    assert choice.message.content == "Hello!"
+    assert choice.message.reasoning_content == "The user greets me."  # type: ignore[attr-defined]
+    assert choice.message.tool_calls is None
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == len(model.prompts[0])
+    assert completion.usage.completion_tokens == token_count(GREETING)
+    assert "Be brief." in decoded_prompt(model, 0)
+
+
+def test_streamed_chunks_carry_reasoning_then_content_then_usage() -> None:
+    model = ScriptedModel([GREETING])
+    with serving_model(model) as (_, client):
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-oss",
+                messages=[{"role": "user", "content": "Hi"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert deltas[0].role == "assistant"
+    reasoning = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
+    assert reasoning == "The user greets me."
+    assert "".join(d.content or "" for d in deltas) == "Hello!"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == token_count(
+        GREETING
+    )
+
+
+def test_a_tool_call_streams_as_tool_calls_and_its_reasoning_survives_the_round_trip() -> None:
+    model = ScriptedModel([WEATHER_CALL, SUNNY, GREETING])
+    question = {"role": "user", "content": "Weather in Paris?"}
+    with serving_model(model) as (_, client):
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-oss", messages=[question], tools=[WEATHER], stream=True
+            )
+        )
+        calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+        assert calls[0].id and calls[0].function and calls[0].function.name == "get_weather"
+        arguments = "".join(tc.function.arguments or "" for tc in calls if tc.function)
+        assert json.loads(arguments) == {"city": "Paris"}
+        assert all(not c.choices[0].delta.content for c in chunks)  # nothing leaks into content
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        reasoning = "".join(
+            getattr(c.choices[0].delta, "reasoning_content", "") or "" for c in chunks
+        )
+        assistant = {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": reasoning,
+            "tool_calls": [
+                {
+                    "id": calls[0].id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": arguments},
+                }
+            ],
+        }
+        result = {"role": "tool", "tool_call_id": calls[0].id, "content": "18C, sunny"}
+        answer = client.chat.completions.create(
+            model="gpt-oss", messages=[question, assistant, result], tools=[WEATHER]
+        )
+        # The next turn: the finished turn's reasoning is dropped, its call and answer kept.
+        said = {"role": "assistant", "content": answer.choices[0].message.content}
+        client.chat.completions.create(
+            model="gpt-oss",
+            messages=[question, assistant, result, said, {"role": "user", "content": "Thanks"}],
+            tools=[WEATHER],
+        )
+    assert answer.choices[0].message.content == "It is 18C and sunny in Paris."
+    assert KEPT_REASONING in decoded_prompt(model, 1)
+    assert (
+        "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>18C, sunny"
+        in decoded_prompt(model, 1)
+    )
+    assert "I need the weather" not in decoded_prompt(model, 2)
+    assert "<|channel|>final<|message|>It is 18C and sunny in Paris.<|end|>" in decoded_prompt(
+        model, 2
+    )
+
+
+def test_reasoning_is_accepted_under_the_name_reasoning_too() -> None:
+    model = ScriptedModel([SUNNY])
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "reasoning": "I need the weather.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    with serving_model(model) as (_, client):
+        client.chat.completions.create(model="gpt-oss", messages=messages, tools=[WEATHER])  # type: ignore[arg-type]
+    assert KEPT_REASONING in decoded_prompt(model, 0)
+
+
+def test_a_tool_call_without_its_result_is_a_400_naming_the_field() -> None:
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_2", "content": "sunny"},
+    ]
+    with (
+        serving_model(ScriptedModel([])) as (_, client),
+        pytest.raises(openai.BadRequestError) as error,
+    ):
+        client.chat.completions.create(model="gpt-oss", messages=messages)  # type: ignore[arg-type]
+    assert error.value.body["param"] == "messages[2].tool_call_id"  # type: ignore[index]
