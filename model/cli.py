@@ -51,11 +51,18 @@ def add_model_commands(subparsers: Any) -> None:
     p.add_argument("--tensors", action="store_true", help="list every tensor")
     p.set_defaults(handler=_guard(_inspect))
 
-    p = subparsers.add_parser("convert", help="rewrite a checkpoint in another layout")
-    p.add_argument("src", type=Path, help="checkpoint folder to read")
-    p.add_argument("dst", type=Path, help="folder to write")
+    p = subparsers.add_parser(
+        "convert",
+        help="rewrite a checkpoint in another layout, or as / from a GGUF file (llama.cpp's)",
+    )
+    p.add_argument("src", type=Path, help="checkpoint folder or .gguf file to read")
     p.add_argument(
-        "--layout", choices=["original", "hf"], required=True, help="the layout to write"
+        "dst", type=Path, help="folder to write, or a .gguf file (one that llama.cpp loads)"
+    )
+    p.add_argument(
+        "--layout",
+        choices=["original", "hf"],
+        help="the layout of the folder to write (required unless DST is a .gguf file)",
     )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--mxfp4", action="store_true", help="quantise dense experts to MXFP4")
@@ -213,10 +220,24 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from .checkpoint import convert_checkpoint
+    from .gguf import convert_from_gguf, convert_to_gguf, is_gguf
 
-    _refuse_to_overwrite(args.dst, args.force)
     mxfp4 = True if args.mxfp4 else False if args.dense else None
-    folder = convert_checkpoint(args.src, args.dst, layout=args.layout, mxfp4=mxfp4)
+    if is_gguf(args.dst):
+        if args.layout:
+            raise ValueError("--layout is for a checkpoint folder; DST is a .gguf file")
+        if args.dst.is_dir():
+            raise ValueError(f"{args.dst} is a folder, not a .gguf file")
+        if args.dst.exists() and not args.force:
+            raise ValueError(f"{args.dst} exists; pass --force to overwrite it")
+        path = convert_to_gguf(args.src, args.dst, mxfp4=mxfp4)
+        print(f"wrote {path} (GGUF)")
+        return 0
+    if not args.layout:
+        raise ValueError("give --layout original or hf for the folder to write")
+    _refuse_to_overwrite(args.dst, args.force)
+    convert = convert_from_gguf if is_gguf(args.src) else convert_checkpoint
+    folder = convert(args.src, args.dst, layout=args.layout, mxfp4=mxfp4)
     print(f"wrote {folder} ({args.layout} layout)")
     return 0
 

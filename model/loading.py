@@ -12,10 +12,12 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointError, repack
 from .config import ModelConfig
+from .gguf import GgufFile, dense_dtype, open_checkpoint
 from .transformer import Transformer, rope_inv_freq
 
 if TYPE_CHECKING:
     from .gpt_oss import GptOss
+    from .remote import RemoteModel
 
 Experts = Literal["auto", "dense", "mxfp4"]
 
@@ -51,8 +53,11 @@ def load_model(
     cache_tokens: int | None = None,
     cuda_graph: bool | None = None,
     progress: bool | None = None,
-) -> GptOss:
-    """Load a gpt-oss checkpoint folder: reference (`original/`) or Hugging Face layout.
+    engine: str | None = None,
+    timeout: float = 300.0,
+) -> GptOss | RemoteModel:
+    """Load a gpt-oss checkpoint folder (reference `original/` or Hugging Face layout) or a
+    gpt-oss GGUF file, or connect to a served model.
 
     device: default CUDA when available, else CPU. dtype: default the checkpoint's (bf16 for
     the released weights). backend: "torch", or "triton" (the Triton kernels: CUDA, or CPU tensors
@@ -65,7 +70,25 @@ def load_model(
     cuda_graph: decode steps replayed as a CUDA graph (triton backend only; the default there
     with MXFP4 experts).
     progress: a progress bar on stderr; None shows it only on a terminal.
+
+    A URL (`http://host:port`) is a model served by `engine`: "llamacpp" (llama-server),
+    "vllm" or "sglang"; generation runs there, token ids in and out (`max_context` may lower
+    the engine's limit; `timeout`: seconds to wait for an answer). The local options do not
+    apply to it.
     """
+    from .remote import connect, is_url
+
+    if is_url(path):
+        local = {"device": device, "dtype": dtype, "backend": backend, "cache_tokens": cache_tokens,
+                 "cuda_graph": cuda_graph}  # fmt: skip
+        given = [k for k, v in local.items() if v is not None]
+        if experts != "auto":
+            given.append("experts")
+        if given:
+            raise ValueError(f"{', '.join(given)}: for local weights; {path} is a served model")
+        return connect(str(path), engine, timeout=timeout, max_context=max_context)
+    if engine is not None:
+        raise ValueError(f"engine={engine!r} is for a served model (an http:// URL), not {path}")
 
     if backend not in (None, "torch", "triton"):
         raise ValueError(f"unknown backend {backend!r} (torch or triton)")
@@ -87,7 +110,7 @@ def load_model(
         if dtype is None:
             raise ValueError("dtype must be bf16 or fp32")
 
-    ckpt = Checkpoint(path)
+    ckpt = open_checkpoint(path)
     config = ckpt.config
     packed = ckpt.packed if experts == "auto" else experts == "mxfp4"
     if packed and (config.hidden_size % 32 or config.intermediate_size % 32):
@@ -95,7 +118,7 @@ def load_model(
             "MXFP4 experts need hidden_size and intermediate_size multiples of 32"
         )
     if dtype is None:
-        dtype = ckpt.raw(_stored(ckpt, "embedding.weight")).dtype
+        dtype = dense_dtype(ckpt)
         if not dtype.is_floating_point:
             raise CheckpointError(f"{ckpt.folder}: embedding.weight is not floating point")
 
@@ -157,12 +180,6 @@ def _interpreting() -> bool:
     return triton_interprets()
 
 
-def _stored(ckpt: Checkpoint, name: str) -> str:
-    from .checkpoint import to_stored_name
-
-    return to_stored_name(ckpt, name)
-
-
 def _convert(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if t.dtype == torch.uint8:
         return t.to(device)
@@ -184,7 +201,7 @@ def _module_name(name: str) -> str:
 
 
 def _progress(
-    tensors: Iterator[tuple[str, torch.Tensor]], ckpt: Checkpoint, show: bool | None
+    tensors: Iterator[tuple[str, torch.Tensor]], ckpt: Checkpoint | GgufFile, show: bool | None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     if show is None:
         show = sys.stderr.isatty()
