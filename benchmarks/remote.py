@@ -87,7 +87,11 @@ def remote_decode(model: object, url: str, prompt: list[int], decode: int) -> tu
     t0 = time.perf_counter()
     count = sum(1 for _ in tokens)
     client = count / (time.perf_counter() - t0)
-    n1, s1 = server_decode_seconds(url)
+    deadline = time.monotonic() + 5
+    # the counters move when the slot is released, just after the last event is sent
+    while (n1s1 := server_decode_seconds(url))[0] - n0 < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    n1, s1 = n1s1
     return client, (n1 - n0) / (s1 - s0)
 
 
