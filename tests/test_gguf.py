@@ -5,18 +5,15 @@ and us reading its converter's, is in test_remote_llamacpp.py.)"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 import torch
-from _support import cli_env
 
+from harmony_agent.agent.cli import main as cli_main
 from harmony_agent.model.checkpoint import Checkpoint, CheckpointError, write_random_checkpoint
-from harmony_agent.model.cli import main as cli_main
 from harmony_agent.model.config import ModelConfig
 from harmony_agent.model.gguf import GgufFile, convert_from_gguf, convert_to_gguf, write_gguf
 from harmony_agent.model.loading import load_model
@@ -115,12 +112,9 @@ def test_convert_to_and_from_gguf_on_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = write_random_checkpoint(tmp_path / "ckpt", SMALL)
-    proc = subprocess.run([sys.executable, "-m", "harmony_agent", "convert", "ckpt", "model.gguf"],
-                          cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "wrote model.gguf (GGUF)\n"
-    monkeypatch.chdir(tmp_path)  # the same commands, in process (each subprocess costs seconds)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["convert", "ckpt", "model.gguf"]) == 0
+    assert capsys.readouterr().out == "wrote model.gguf (GGUF)\n"
     assert cli_main(["convert", "model.gguf", "back", "--layout", "original"]) == 0
     want = tensors(Checkpoint(folder))
     assert all(torch.equal(t, want[n]) for n, t in tensors(Checkpoint(tmp_path / "back")).items())

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from _support import FINAL, LoopbackSite, QuietHandler, cli_env, serving
 
+from harmony_agent.agent.cli import main as cli_main
 from harmony_agent.model import Sampling, harmony_encoding
 from harmony_agent.model.remote import (
     LlamaCppModel,
@@ -372,16 +373,14 @@ def test_closing_the_generator_closes_the_stream_and_the_engine_sees_it() -> Non
 # --- through the CLI -------------------------------------------------------------------------
 
 
-def test_an_agent_run_through_a_served_model_answers(tmp_path: Path) -> None:
+def test_an_agent_run_through_a_served_model_answers(capsys: pytest.CaptureFixture[str]) -> None:
     engine = Engine()
     with running(vllm(engine)) as url:
-        proc = subprocess.run(
-            [sys.executable, "-m", "harmony_agent", "run", "--model", url, "--engine", "vllm",
-             "--temperature", "0", "--json", "What is 2+3?"],
-            cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+        code = cli_main(["run", "--model", url, "--engine", "vllm", "--temperature", "0",
+                         "--no-plugins", "--json", "What is 2+3?"])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    result = json.loads(out.out)
     assert result["status"] == "completed" and result["final"] == "The answer is **5**."
     prompt = engine.requests[-1]["body"]["prompt"]
     assert harmony_encoding().decode(prompt).endswith("What is 2+3?<|end|><|start|>assistant")
@@ -394,19 +393,18 @@ def test_an_agent_run_through_a_served_model_answers(tmp_path: Path) -> None:
         (["--model", "http://127.0.0.1:{port}", "--engine", "sglang"],
          "cannot reach SGLang at http://127.0.0.1:{port}: connection refused (is it running?)"),
         (["--model", "http://127.0.0.1:{port}"], "say which engine serves it"),
+        (["--model", "http://127.0.0.1:{port}", "--engine", "vllm", "--device", "cpu"],
+         "device: for local weights; http://127.0.0.1:{port} is a served model"),
     ],
 )  # fmt: skip
 def test_cli_errors_about_served_models_are_one_line(
-    tmp_path: Path, args: list[str], message: str
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     port = free_port()
-    args = [a.format(port=port) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "harmony_agent", "run", *args, "hi"],
-                          cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("harmony-agent: error: ") and proc.stderr.count("\n") == 1
-    assert message.format(port=port) in proc.stderr
+    assert cli_main(["run", *(a.format(port=port) for a in args), "hi"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("harmony-agent: error: ") and err.count("\n") == 1, err
+    assert message.format(port=port) in err
 
 
 def test_the_server_serves_a_served_model(tmp_path: Path) -> None:
