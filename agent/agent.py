@@ -20,6 +20,7 @@ from .events import AgentEvent, RunDone
 from .hooks import AgentHooks
 from .result import RunResult
 from .run_loop import RunLoop
+from .tool_choice import recipient_of
 from .toolbox import Tool, Toolbox
 
 T = TypeVar("T")
@@ -54,6 +55,10 @@ class Agent:
     """Tokens one model call may generate before the run ends with status `max_turn_tokens`."""
     max_total_tokens: int | None = None
     """Tokens the whole run may generate (None: no limit); past it, status `max_total_tokens`."""
+    tool_choice: str = "auto"
+    """"auto": the model decides; "required": it calls some tool, or a tool's name ("get_weather",
+    "browser.search"): it calls that one - before its first tool call of each run; after it,
+    the model decides again (as the Agents SDK resets tool_choice, so a run cannot loop)."""
     tool_timeout: float | None = 120.0
     """Seconds a function tool may take (unless it sets its own); the model is told when it
     times out. A sync function keeps running in its thread: Python cannot kill a thread."""
@@ -73,6 +78,7 @@ class Agent:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise ValueError(f"max_total_tokens must be at least 1, got {self.max_total_tokens}")
+        recipient_of(self.tool_choice)  # a blank name is refused now
         self._toolbox()  # fail now, not mid-run, on a bad tool list
 
     def _toolbox(self) -> Toolbox:

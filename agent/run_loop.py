@@ -32,6 +32,7 @@ from .events import (
 )
 from .hooks import AgentHooks
 from .result import RunResult, Status, Usage
+from .tool_choice import answer_begins, call_header
 from .transcript import TranscriptWriter
 
 if TYPE_CHECKING:
@@ -163,18 +164,48 @@ class RunLoop:
         """Run one model call through the parser, yielding deltas and messages into `turn`."""
         usage = self.usage
         usage.steps += 1
-        usage.prompt_tokens += len(budget.prompt)
         await _settle(self.hooks.on_model_call(usage.steps, budget.prompt))
         yield ModelProgress(usage.steps, usage.output_tokens)
         parser = StreamableParser(self.encoding, Role.ASSISTANT)
-        started = reported = time.perf_counter()
-        tokens = stream_tokens(
-            self.agent.model,
-            budget.prompt,
-            stop_tokens=self.stop_tokens,
-            max_tokens=budget.tokens,
-            sampling=self.agent.sampling,
-        )
+        started = time.perf_counter()
+        prompt = budget.prompt
+        forcing = self.agent.tool_choice != "auto" and usage.tool_calls == 0
+        while True:
+            usage.prompt_tokens += len(prompt)
+            tokens = stream_tokens(
+                self.agent.model,
+                prompt,
+                stop_tokens=self.stop_tokens,
+                max_tokens=budget.tokens - turn.tokens,
+                sampling=self.agent.sampling,
+            )
+            async for event in self._read(tokens, parser, turn, forcing):
+                yield event
+            if not forcing or not answer_begins(parser) or turn.error is not None:
+                break
+            # The model began an answer where a call is due: resume from a call's header.
+            kept = turn.output[: turn.parsed]
+            header = call_header(self.encoding, self.agent.tool_choice, first=not kept)
+            turn.output = [*kept, *header]
+            prompt = [*budget.prompt, *turn.output]
+            parser = StreamableParser(self.encoding, Role.ASSISTANT)
+            for token in turn.output:  # the messages it holds were reported already
+                parser.process(token)
+            forcing = False
+            if turn.tokens >= budget.tokens:
+                break
+        usage.model_seconds += time.perf_counter() - started
+        usage.output_tokens += turn.tokens
+        usage.context_tokens = len(budget.prompt) + turn.tokens
+        turn.mid_message = parser.state != StreamState.EXPECT_START
+
+    async def _read(
+        self, tokens: AsyncIterator[int], parser: StreamableParser, turn: Turn, forcing: bool
+    ) -> AsyncIterator[AgentEvent]:
+        """Stream `tokens` through `parser` into `turn`; when `forcing`, stop where an answer
+        begins."""
+        usage = self.usage
+        reported = time.perf_counter()
         async with aclosing(tokens) as stream:
             async for token in stream:
                 turn.output.append(token)
@@ -186,16 +217,14 @@ class RunLoop:
                 except HarmonyError as e:
                     turn.error = f"the model's output is not valid harmony ({e})"
                     break
+                if forcing and answer_begins(parser):
+                    break
                 if delta := parser.last_content_delta:
                     yield _delta_event(parser, delta)
                 while len(parser.messages) > len(turn.messages):
                     turn.messages.append(parser.messages[len(turn.messages)])
                     turn.parsed = turn.tokens
                     yield self.add(turn.messages[-1])
-        usage.model_seconds += time.perf_counter() - started
-        usage.output_tokens += turn.tokens
-        usage.context_tokens = len(budget.prompt) + turn.tokens
-        turn.mid_message = parser.state != StreamState.EXPECT_START
 
     def classify(self, turn: Turn, budget: Budget) -> Ending | None:
         """How the run ends after `turn`, or None when the turn calls a tool."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import openai
 import pytest
@@ -168,3 +169,82 @@ def test_a_tool_call_without_its_result_is_a_400_naming_the_field() -> None:
     ):
         client.chat.completions.create(model="gpt-oss", messages=messages)  # type: ignore[arg-type]
     assert error.value.body["param"] == "messages[2].tool_call_id"  # type: ignore[index]
+
+
+def test_tool_choice_makes_the_model_call_the_named_function() -> None:
+    answer = "<|channel|>final<|message|>I cannot know.<|return|>"
+    model = ScriptedModel([answer, '{"city": "Paris"}<|call|>'])
+    with serving_model(model) as (_, client):
+        completion = client.chat.completions.create(
+            model="gpt-oss",
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        )
+    (choice,) = completion.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert decoded_prompt(model, 1).endswith(
+        "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json"
+        "<|message|>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "param"),
+    [
+        ({"type": "function", "function": {"name": "get_time"}}, "tool_choice.function.name"),
+        ({"type": "file_search"}, "tool_choice.type"),
+        ("always", "tool_choice"),
+    ],
+)
+def test_a_tool_choice_naming_no_given_tool_is_a_400(tool_choice: object, param: str) -> None:
+    with (
+        serving_model(ScriptedModel([])) as (_, client),
+        pytest.raises(openai.BadRequestError) as error,
+    ):
+        client.chat.completions.create(
+            model="gpt-oss",
+            messages=[{"role": "user", "content": "Weather?"}],
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice=tool_choice,  # type: ignore[arg-type]
+        )
+    assert error.value.body["param"] == param  # type: ignore[index]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_text_ends_the_answer_before_it(stream: bool) -> None:
+    script = "<|channel|>final<|message|>Paris is sunny. Oslo is wet. Rome is hot.<|return|>"
+    model = ScriptedModel([script], delay=0.05)  # paced, so that the rest is never generated
+    request: dict[str, Any] = {
+        "model": "gpt-oss",
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "stop": ["Rome", " Oslo is"],  # the second comes first, over several tokens
+    }
+    with serving_model(model) as (_, client):
+        if stream:
+            chunks = list(client.chat.completions.create(**request, stream=True))
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        else:
+            completion = client.chat.completions.create(**request)
+            (choice,) = completion.choices
+            content, finish = choice.message.content, choice.finish_reason
+            # The generation ended at the stop text, not at the model's end.
+            assert completion.usage is not None
+            assert completion.usage.completion_tokens < token_count(script)
+    assert content == "Paris is sunny."
+    assert finish == "stop"
+
+
+def test_more_than_four_stop_texts_is_a_400() -> None:
+    with (
+        serving_model(ScriptedModel([])) as (_, client),
+        pytest.raises(openai.BadRequestError) as error,
+    ):
+        client.chat.completions.create(
+            model="gpt-oss", messages=[{"role": "user", "content": "Hi"}], stop=list("abcde")
+        )
+    assert error.value.body["param"] == "stop"  # type: ignore[index]

@@ -368,3 +368,27 @@ def test_the_servers_own_tools_run_here_and_a_stateless_client_keeps_their_resul
     again = decoded_prompt(model, 2)  # rebuilt from what the client sent back
     assert decoded_prompt(model, 1) in again
     assert "type add = (_: {" in again and "type get_weather = (_: {" in again
+
+
+def test_tool_choice_required_makes_the_model_call_a_tool() -> None:
+    answer = "<|channel|>analysis<|message|>Guess.<|end|><|start|>assistant<|channel|>final"
+    answer += "<|message|>Probably sunny.<|return|>"
+    named = "functions.get_weather<|channel|>commentary <|constrain|>json<|message|>"
+    model = ScriptedModel([answer, named + '{"city": "Oslo"}<|call|>'])
+    with serving_model(model) as (_, client):
+        events = list(
+            client.responses.create(
+                model="gpt-oss",
+                input="Weather in Oslo?",
+                tools=[WEATHER],
+                tool_choice="required",
+                stream=True,
+            )
+        )
+    # Nothing of the answer the model began was streamed: reasoning, then the call.
+    assert not [e for e in events if e.type == "response.output_text.delta"]
+    done = events[-1]
+    assert done.type == "response.completed"
+    assert [item.type for item in done.response.output] == ["reasoning", "function_call"]
+    assert json.loads(done.response.output[1].arguments) == {"city": "Oslo"}  # type: ignore[union-attr]
+    assert decoded_prompt(model, 1).endswith("Guess.<|end|><|start|>assistant to=")

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .client_tools import ClientTools
+from .client_tools import ClientTools, tool_choice_of
 from .errors import ApiError, bad_request, from_validation
 from .items import chat_messages
 from .responses import effort_of, joined_instructions, model_not_found, sampling_of
@@ -59,6 +59,7 @@ class ChatRequest(BaseModel):
     stream: bool | None = False
     stream_options: _StreamOptions | None = None
     prompt_cache_key: str | None = None
+    stop: str | list[str] | None = None
 
 
 @dataclass
@@ -100,6 +101,9 @@ class ChatCompletions:
                     raise bad_request(f"tools[{i}].function", "expected a function object")
                 client.add(f"tools[{i}].function", function)
         key = body.prompt_cache_key
+        stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
+        if len(stop) > 4:
+            raise bad_request("stop", "at most 4 stop sequences")
         spec = RunSpec(
             messages=conversation.messages,
             instructions=joined_instructions(self.config.instructions, *conversation.instructions),
@@ -112,6 +116,8 @@ class ChatCompletions:
             max_output_tokens=body.max_completion_tokens or body.max_tokens,
             session=f"key:{key}" if key else conversation.key(),
             param="messages",
+            tool_choice=tool_choice_of(body.tool_choice, client, builtins),
+            stop=tuple(stop),
         )
         request = _Request(body, new_id("chatcmpl").replace("_", "-", 1), int(time.time()))
         return request, self.runner.prepare(spec)

@@ -22,6 +22,10 @@ from .errors import bad_request
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What OpenAI allows as a function name; nothing of it can break a harmony header."""
+WEB_SEARCH = frozenset(
+    {"web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26"}
+)
+"""The Responses API's types for its web search tool: the browser here."""
 RESERVED = frozenset({"functions", "python", "browser", "assistant", "container"})
 """Namespaces harmony or the built-in tools already use."""
 
@@ -88,6 +92,41 @@ class ClientTools:
     def clash(self, names: Sequence[str]) -> str | None:
         """The first of the server's own function names a client function also has."""
         return next((n for n in names if f"functions.{n}" in self.by_recipient), None)
+
+
+def tool_choice_of(value: Any, client: ClientTools, builtins: frozenset[str]) -> str:
+    """A request's `tool_choice` as `Agent.tool_choice`: "auto", "required" or the recipient
+    the model must call. Both APIs' forms: a function named as `{"type": "function", "name"}`
+    (Responses) or `{"type": "function", "function": {"name"}}` (Chat Completions), `allowed_tools`
+    (its mode; the model still sees every declared tool), and the built-in tools by type."""
+    if value is None or value in ("auto", "none"):  # "none": the caller declared no tools
+        return "auto"
+    if isinstance(value, dict):
+        kind = value.get("type")
+        if kind == "function":
+            function = value.get("function", value)
+            name = function.get("name") if isinstance(function, dict) else None
+            where = "tool_choice.function.name" if "function" in value else "tool_choice.name"
+            found = client.resolve(name) if isinstance(name, str) else None
+            if found is None:
+                raise bad_request(where, f"no function tool named {name!r} was given in tools")
+            return found.recipient
+        if kind == "allowed_tools":
+            allowed = value.get("allowed_tools", value)
+            value = allowed.get("mode", "auto") if isinstance(allowed, dict) else None
+        elif kind == "code_interpreter" and "python" in builtins:
+            return "python"
+        elif kind in WEB_SEARCH and "browser" in builtins:
+            return "browser.search"
+        else:
+            raise bad_request("tool_choice.type", f"no tool of type {kind!r} is available")
+    if value == "auto":
+        return "auto"
+    if value != "required":
+        raise bad_request("tool_choice", "expected 'none', 'auto', 'required' or a tool")
+    if not (client.by_recipient or builtins):
+        raise bad_request("tool_choice", "'required' needs at least one tool in tools")
+    return "required"
 
 
 def _name(where: str, value: Any) -> str:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harmony_agent.model import Sampling
 
-from .client_tools import ClientTools
+from .client_tools import WEB_SEARCH, ClientTools, tool_choice_of
 from .config import ServerConfig
 from .errors import ApiError, bad_request, from_validation
 from .items import Conversation, responses_input
@@ -40,9 +40,6 @@ from .runs import (
 from .sealing import Sealer
 from .store import ResponseStore, StoredResponse
 
-WEB_SEARCH = frozenset(
-    {"web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26"}
-)
 ENCRYPTED = "reasoning.encrypted_content"
 EFFORTS = {
     "minimal": "low",
@@ -166,6 +163,7 @@ class Responses:
             sampling=sampling_of(self.config, body.temperature, body.top_p),
             max_output_tokens=body.max_output_tokens,
             session=session,
+            tool_choice=tool_choice_of(body.tool_choice, client, frozenset(builtins)),
         )
         return request, self.runner.prepare(spec)
 

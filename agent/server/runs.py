@@ -13,7 +13,7 @@ import secrets
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 from openai_harmony import (
     Conversation,
@@ -143,6 +143,10 @@ class RunSpec:
     """The conversation's name: its built-in tools' state (the python kernel) is kept under it."""
     param: str = "input"
     """The request field that holds the conversation, for errors."""
+    tool_choice: str = "auto"
+    """As `Agent.tool_choice`."""
+    stop: tuple[str, ...] = ()
+    """Texts that end the response where the model writes one for the user (not included)."""
 
 
 class CountingModel:
@@ -233,6 +237,7 @@ class Runner:
                 max_steps=config.max_steps,
                 max_turn_tokens=min(config.max_turn_tokens, budget or config.max_turn_tokens),
                 max_total_tokens=budget,
+                tool_choice=spec.tool_choice,
                 client=spec.client_tools,
                 **config.agent_options,
             )
@@ -281,7 +286,7 @@ class PreparedRun:
         """Give the conversation's tools back; `events()` does it when it ends."""
 
     async def events(self) -> AsyncIterator[OutputEvent]:
-        tracker = _Tracker(self.spec.client_tools, self.spec.builtins)
+        tracker = _Tracker(self.spec.client_tools, self.spec.builtins, self.spec.stop)
         result: RunResult | None = None
         called = False
         try:
@@ -298,10 +303,12 @@ class PreparedRun:
                         break  # the client runs it: the response ends with the call
                     for out in tracker.feed(event):
                         yield out
+                    if tracker.stopped:
+                        break  # a stop text: closing the stream ends the generation
         finally:
             self.release()
-        if tracker.open is not None:  # cut off by a limit mid-message
-            tracker.open.complete = False
+        if tracker.open is not None:  # cut off by a stop text, or by a limit mid-message
+            tracker.open.complete = tracker.stopped
             yield ItemDone(tracker.open)
         yield Finished(self._outcome(tracker, result, called))
 
@@ -312,6 +319,8 @@ class PreparedRun:
             reasoning_tokens=self.runner.reasoning_tokens(tracker.items),
         )
         messages = [*self.spec.messages, *tracker.messages]
+        if tracker.stopped:
+            return Outcome("completed", tracker.items, messages, usage)
         if result is None:
             status = "function_call" if called else "failed"
             return Outcome(status, tracker.items, messages, usage)  # type: ignore[arg-type]
@@ -327,25 +336,27 @@ class _Tracker:
     """Turns the agent's events into output items, one per harmony message (a built-in call
     and its result make one item)."""
 
-    _DELTA_KINDS: ClassVar[dict[type, ItemKind]] = {
-        ReasoningDelta: "reasoning",
-        CommentaryDelta: "commentary",
-        FinalDelta: "final",
-    }
-
-    def __init__(self, client: ClientTools, builtins: Collection[str]) -> None:
+    def __init__(self, client: ClientTools, builtins: Collection[str], stop: Sequence[str]) -> None:
         self.client = client
         self.builtins = builtins
         self.items: list[Item] = []
         self.messages: list[Message] = []
         self.open: Item | None = None
+        self.stop = [s for s in stop if s]
+        self.held = ""
+        """The end of the open message's text that may begin a stop text: not sent yet."""
+        self.stopped = False
 
     def feed(self, event: AgentEvent) -> list[OutputEvent]:
         out: list[OutputEvent] = []
-        if isinstance(event, ReasoningDelta | CommentaryDelta | FinalDelta):
-            item = self._ensure(self._DELTA_KINDS[type(event)], None, out)
+        if isinstance(event, ReasoningDelta):
+            item = self._ensure("reasoning", None, out)
             item.text += event.text
             out.append(ItemDelta(item, event.text))
+        elif isinstance(event, CommentaryDelta | FinalDelta):
+            kind: ItemKind = "final" if isinstance(event, FinalDelta) else "commentary"
+            item = self._ensure(kind, None, out)
+            self._text(item, event.text, out)
         elif isinstance(event, ToolCallDelta):
             item = self._ensure(self._call_kind(event.recipient), event.recipient, out)
             item.text += event.text
@@ -354,6 +365,21 @@ class _Tracker:
             self.messages.append(event.message)
             self._message(event.message, out)
         return out
+
+    def _text(self, item: Item, text: str, out: list[OutputEvent]) -> None:
+        """Send the text for the user up to a stop text; hold back an end that may begin one."""
+        held = self.held + text
+        found = [i for i in (held.find(s) for s in self.stop) if i >= 0]
+        if found:
+            send, self.held, self.stopped = held[: min(found)], "", True
+        else:
+            keep = max(
+                (n for s in self.stop for n in range(1, len(s)) if held.endswith(s[:n])), default=0
+            )
+            send, self.held = held[: len(held) - keep], held[len(held) - keep :]
+        if send:
+            item.text += send
+            out.append(ItemDelta(item, send))
 
     def _message(self, message: Message, out: list[OutputEvent]) -> None:
         if message.author.role == Role.ASSISTANT:
@@ -365,6 +391,9 @@ class _Tracker:
             else:
                 kind = "commentary" if message.channel == "commentary" else "final"
             item = self._ensure(kind, recipient, out)
+            if self.held:  # the message ended: what was held back was no stop text
+                out.append(ItemDelta(item, self.held))
+                self.held = ""
             item.text = text_of(message)
             item.messages.append(message)
             if kind not in SERVER_CALLS:
