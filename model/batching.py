@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -51,12 +51,33 @@ class _Sequence:
     out: deque[int] = field(default_factory=deque)
     done: bool = False
     cancelled: bool = False
+    cached: int | None = None
+    """Prompt tokens the prefix cache held when the sequence was first admitted."""
 
     @property
     def pending(self) -> int:
         """Tokens whose keys and values are not yet cached."""
         assert self.table is not None
         return len(self.tokens) - self.table.length
+
+
+class TokenStream(Iterator[int]):
+    """The tokens of one `generate()` call, and what the prefix cache saved it."""
+
+    def __init__(self, tokens: Generator[int, None, None], seq: _Sequence) -> None:
+        self._tokens, self._seq = tokens, seq
+
+    def __next__(self) -> int:
+        return next(self._tokens)
+
+    def close(self) -> None:
+        """Stop: the sequence is cancelled and its pages are released."""
+        self._tokens.close()
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens whose keys and values were found cached (0 until it is admitted)."""
+        return self._seq.cached or 0
 
 
 class BatchEngine:
@@ -85,10 +106,14 @@ class BatchEngine:
 
     def stream(
         self, prompt: list[int], stop: set[int], max_tokens: int, sampling: Sampling
-    ) -> Iterator[int]:
-        if max_tokens <= 0:
-            return
+    ) -> TokenStream:
         seq = _Sequence(prompt, stop, max_tokens, sampling, generator(sampling, self.pool.device))
+        return TokenStream(self._tokens(seq), seq)
+
+    def _tokens(self, seq: _Sequence) -> Generator[int, None, None]:
+        # Queued at the first next(): a stream dropped unread never takes a place in a step.
+        if seq.max_tokens <= 0:
+            return
         with self._cond:
             self._waiting.append(seq)
         try:
@@ -160,6 +185,8 @@ class BatchEngine:
                 return
             self._waiting.popleft()
             self.stats.reused_tokens += table.length
+            if seq.cached is None:  # (not a preempted sequence's return)
+                seq.cached = table.length
             seq.table = table
             self._running.append(seq)
 

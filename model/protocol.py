@@ -45,6 +45,7 @@ class Model(Protocol):
 
         Ends after yielding a stop token (which is yielded, so a streaming parser sees it) or after
         `max_tokens` tokens. A caller may stop consuming at any point; the next call must still be
-        correct.
+        correct. The iterator may have `cached_tokens`: how many prompt tokens a prefix cache
+        held (the server reports it in usage).
         """
         ...

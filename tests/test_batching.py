@@ -92,8 +92,10 @@ def test_prefix_divergence_mid_page_reuses_exactly_the_common_tokens(folder: Pat
     for cut in (5, PAGE_SIZE, PAGE_SIZE + 9, len(base) - 1):
         diverged = [*base[:cut], (base[cut] + 1) % 96, *base[cut + 1 :]]
         before = m.stats.prefill_tokens, m.stats.reused_tokens
-        got = list(m.generate(diverged, stop_tokens=[], max_tokens=5, sampling=GREEDY))
+        stream = m.generate(diverged, stop_tokens=[], max_tokens=5, sampling=GREEDY)
+        got = list(stream)
         assert m.stats.reused_tokens - before[1] == cut
+        assert stream.cached_tokens == cut  # type: ignore[attr-defined] # what this call saved
         assert m.stats.prefill_tokens - before[0] == len(diverged) - cut
         assert got == alone(folder, diverged, 5)
 

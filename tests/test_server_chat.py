@@ -248,3 +248,23 @@ def test_more_than_four_stop_texts_is_a_400() -> None:
             model="gpt-oss", messages=[{"role": "user", "content": "Hi"}], stop=list("abcde")
         )
     assert error.value.body["param"] == "stop"  # type: ignore[index]
+
+
+def test_cached_tokens_are_what_the_engines_prefix_cache_held() -> None:
+    from harmony_agent.model.demo import load_demo_model
+
+    model = load_demo_model(progress=False)
+    request: dict[str, Any] = {
+        "model": "gpt-oss",
+        "messages": [{"role": "user", "content": "What is 12 + 30?"}],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    with serving_model(model) as (_, client):
+        first = client.chat.completions.create(**request).usage
+        request["messages"].append({"role": "user", "content": "And 5 + 6?"})
+        second = client.chat.completions.create(**request).usage
+    assert first is not None and second is not None
+    assert first.prompt_tokens_details.cached_tokens == 0  # type: ignore[union-attr]
+    # The second prompt starts with the first one: all of it (but its last token) was cached.
+    assert second.prompt_tokens_details.cached_tokens == first.prompt_tokens - 1  # type: ignore[union-attr]

@@ -101,6 +101,8 @@ class ItemDone:
 class Usage:
     input_tokens: int = 0
     """Prompt tokens over every model call of the response."""
+    cached_tokens: int = 0
+    """Of those, the ones the model's prefix cache held (its engine reports them)."""
     output_tokens: int = 0
     reasoning_tokens: int = 0
     """Of the output, the tokens of analysis-channel text."""
@@ -150,12 +152,13 @@ class RunSpec:
 
 
 class CountingModel:
-    """A model that counts the prompt tokens it reads and the tokens it generates (one per
-    response here: its real usage)."""
+    """A model that counts the prompt tokens it reads, how many of them were cached, and the
+    tokens it generates (one per response here: its real usage)."""
 
     def __init__(self, model: Model) -> None:
         self.model = model
         self.prompt_tokens = 0
+        self.cached_tokens = 0
         self.output_tokens = 0
         if isinstance(limit := getattr(model, "max_context", None), int):
             self.max_context = limit
@@ -183,6 +186,7 @@ class CountingModel:
             close = getattr(tokens, "close", None)
             if close is not None:
                 close()  # a client that left ends its generation in the engine
+            self.cached_tokens += getattr(tokens, "cached_tokens", 0)
 
 
 @dataclass
@@ -315,6 +319,7 @@ class PreparedRun:
     def _outcome(self, tracker: _Tracker, result: RunResult | None, called: bool) -> Outcome:
         usage = Usage(
             input_tokens=self.counter.prompt_tokens,
+            cached_tokens=self.counter.cached_tokens,
             output_tokens=self.counter.output_tokens,
             reasoning_tokens=self.runner.reasoning_tokens(tracker.items),
         )
