@@ -268,3 +268,38 @@ def test_cached_tokens_are_what_the_engines_prefix_cache_held() -> None:
     assert first.prompt_tokens_details.cached_tokens == 0  # type: ignore[union-attr]
     # The second prompt starts with the first one: all of it (but its last token) was cached.
     assert second.prompt_tokens_details.cached_tokens == first.prompt_tokens - 1  # type: ignore[union-attr]
+
+
+def test_a_response_format_ends_the_developer_message_as_harmony_prescribes() -> None:
+    model = ScriptedModel(['<|channel|>final<|message|>{"city": "Paris"}<|return|>'])
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    with serving_model(model) as (_, client):
+        completion = client.chat.completions.create(
+            model="gpt-oss",
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Which city?"},
+            ],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "place", "description": "Where.", "schema": schema},
+            },
+        )
+    assert json.loads(completion.choices[0].message.content or "") == {"city": "Paris"}
+    assert (
+        "<|start|>developer<|message|># Instructions\n\nBe brief.\n\n# Response Formats\n\n"
+        '## place\n\n// Where.\n{"type":"object","properties":{"city":{"type":"string"}}}<|end|>'
+    ) in decoded_prompt(model, 0)
+
+
+def test_a_response_format_without_a_name_is_a_400() -> None:
+    with (
+        serving_model(ScriptedModel([])) as (_, client),
+        pytest.raises(openai.BadRequestError) as error,
+    ):
+        client.chat.completions.create(
+            model="gpt-oss",
+            messages=[{"role": "user", "content": "Hi"}],
+            response_format={"type": "json_schema", "json_schema": {"schema": {}}},  # type: ignore[typeddict-item]
+        )
+    assert error.value.body["param"] == "response_format.json_schema.name"  # type: ignore[index]

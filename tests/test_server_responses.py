@@ -392,3 +392,15 @@ def test_tool_choice_required_makes_the_model_call_a_tool() -> None:
     assert [item.type for item in done.response.output] == ["reasoning", "function_call"]
     assert json.loads(done.response.output[1].arguments) == {"city": "Oslo"}  # type: ignore[union-attr]
     assert decoded_prompt(model, 1).endswith("Guess.<|end|><|start|>assistant to=")
+
+
+def test_a_text_format_schema_reaches_the_developer_message() -> None:
+    model = ScriptedModel(['<|channel|>final<|message|>{"n": 4}<|return|>'])
+    text_format = {"type": "json_schema", "name": "count", "schema": {"type": "object"}}
+    with serving_model(model) as (_, client):
+        response = client.responses.create(
+            model="gpt-oss", input="2 + 2?", text={"format": text_format}  # type: ignore[typeddict-item]
+        )
+    assert json.loads(response.output_text) == {"n": 4}
+    assert response.text.format.type == "json_schema"  # type: ignore[union-attr]
+    assert '# Response Formats\n\n## count\n\n{"type":"object"}<|end|>' in decoded_prompt(model, 0)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .client_tools import ClientTools, tool_choice_of
 from .errors import ApiError, bad_request, from_validation
+from .formats import format_section
 from .items import chat_messages
 from .responses import effort_of, joined_instructions, model_not_found, sampling_of
 from .runs import (
@@ -60,6 +61,7 @@ class ChatRequest(BaseModel):
     stream_options: _StreamOptions | None = None
     prompt_cache_key: str | None = None
     stop: str | list[str] | None = None
+    response_format: Any = None
 
 
 @dataclass
@@ -106,7 +108,11 @@ class ChatCompletions:
             raise bad_request("stop", "at most 4 stop sequences")
         spec = RunSpec(
             messages=conversation.messages,
-            instructions=joined_instructions(self.config.instructions, *conversation.instructions),
+            instructions=joined_instructions(
+                self.config.instructions,
+                *conversation.instructions,
+                format_section(body.response_format, "response_format"),
+            ),
             client_tools=client,
             builtins=builtins,
             effort=effort_of(

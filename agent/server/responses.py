@@ -22,6 +22,7 @@ from harmony_agent.model import Sampling
 from .client_tools import WEB_SEARCH, ClientTools, tool_choice_of
 from .config import ServerConfig
 from .errors import ApiError, bad_request, from_validation
+from .formats import format_section
 from .items import Conversation, responses_input
 from .runs import (
     Finished,
@@ -75,6 +76,7 @@ class ResponsesRequest(BaseModel):
     store: bool | None = True
     stream: bool | None = False
     include: list[str] | None = None
+    text: dict[str, Any] | None = None
     prompt_cache_key: str | None = None
     parallel_tool_calls: bool | None = None
     metadata: dict[str, Any] | None = None
@@ -155,7 +157,10 @@ class Responses:
         spec = RunSpec(
             messages=conversation.messages,
             instructions=joined_instructions(
-                self.config.instructions, body.instructions, *conversation.instructions
+                self.config.instructions,
+                body.instructions,
+                *conversation.instructions,
+                format_section((body.text or {}).get("format"), "text.format"),
             ),
             client_tools=client,
             builtins=frozenset(builtins),
@@ -336,7 +341,7 @@ class _Writer:
             "previous_response_id": request.previous_response_id,
             "reasoning": {"effort": self.request.effort, "summary": None},
             "store": request.store is not False,
-            "text": {"format": {"type": "text"}},
+            "text": request.text or {"format": {"type": "text"}},
             "truncation": "disabled",
             "metadata": request.metadata or {},
             "background": False,
