@@ -255,16 +255,24 @@ class PagedBatch:
 
 
 class _PagedLayer:
+    """Layer i of a `PagedBatch`: its key and value tensors (slot, nkv, hd) and which slots
+    the batch writes and reads (a kernel over the pages takes these as they are)."""
+
     def __init__(self, batch: PagedBatch, i: int) -> None:
         self.batch, self.k, self.v = batch, batch.pool.k[i], batch.pool.v[i]
+
+    def slots(self, window: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The slots of the new tokens (B * T,), row by row; the slots each row attends to
+        (B, S), padded at the end with slot 0; each row's first position attended to (B,)."""
+        return (self.batch.write, *self.batch.reads(window))
 
     def update(
         self, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor, window: int | None
     ) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
         b, nkv, t, hd = k.shape
-        self.k[self.batch.write] = k.transpose(1, 2).reshape(b * t, nkv, hd)
-        self.v[self.batch.write] = v.transpose(1, 2).reshape(b * t, nkv, hd)
-        idx, firsts = self.batch.reads(window)
+        write, idx, firsts = self.slots(window)
+        self.k[write] = k.transpose(1, 2).reshape(b * t, nkv, hd)
+        self.v[write] = v.transpose(1, 2).reshape(b * t, nkv, hd)
         # (B, S, nkv, hd) -> (B, nkv, S, hd)
         return self.k[idx].transpose(1, 2), self.v[idx].transpose(1, 2), firsts
 
