@@ -39,14 +39,19 @@ class CliError(Exception):
     """A user mistake, reported as one line."""
 
 
+_LOADED_ONLY = {
+    "harmony_agent.model.checkpoint": "CheckpointError",  # imports torch: seconds
+    "harmony_agent.model.remote": "RemoteEngineError",
+    "harmony_agent.tools.mcp": "MCPServerError",
+}
+"""Errors of modules that raise them only once imported: looked up, never imported for it."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from harmony_agent.model.remote import RemoteEngineError
     from harmony_agent.tools import SandboxUnavailable
-    from harmony_agent.tools.mcp import MCPServerError
 
     errors: list[type[BaseException]] = [
         SandboxUnavailable,
-        MCPServerError,
         CliError,
         ValueError,  # e.g. a conversation longer than the model's context
         PluginError,
@@ -55,14 +60,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         BatchError,
         OSError,
         ScriptExhausted,
-        RemoteEngineError,
     ]
-    try:
-        from harmony_agent.model.checkpoint import CheckpointError
-
-        errors.append(CheckpointError)
-    except ImportError:  # torch missing: load_model reports that itself
-        pass
+    for module, name in _LOADED_ONLY.items():
+        if (loaded := sys.modules.get(module)) is not None:
+            errors.append(getattr(loaded, name))
     return tuple(errors)
 
 

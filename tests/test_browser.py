@@ -150,6 +150,11 @@ def site_pages(other: int) -> dict[str, tuple[int, str, bytes | str]]:
             ),
         ),
         "/docs/page": (200, "text/html", html("Docs page", "<p>reached from the frame</p>")),
+        "/remember": (200, "text/html", html("Remember", "<script>document.cookie = "
+                                             "'seen=yes; max-age=3600'</script><p>noted</p>")),
+        "/recall": (200, "text/html", html("Recall", "<p id=c></p><script>document."
+                                           "getElementById('c').textContent = 'cookie:' + "
+                                           "document.cookie</script>")),
         "/goes-to-file": (
             200,
             "text/html",
@@ -428,6 +433,17 @@ def test_citations_link_to_opened_pages(browser, call, sites):
     assert citation.url == f"{site.url}/long"
     assert citation.quote.startswith("Paragraph 0: plain filler words.")
     assert cited.text.startswith(f"Filler everywhere ([127.0.0.1:{site.port}]({site.url}/long#:~:")
+
+
+def test_reset_forgets_the_pages_and_cookies_of_the_conversation_before(browser, call, sites, loop):
+    site, _ = sites
+    call(browser, "open", id=f"{site.url}/remember")
+    assert "cookie:seen=yes" in call(browser, "open", id=f"{site.url}/recall")
+    assert len(browser.stack) == 2
+    run(loop, browser.reset())  # what Agent.reset_tools() does as a new conversation starts
+    view = call(browser, "open", id=f"{site.url}/recall")
+    assert view.startswith("[0]") and "seen=yes" not in view
+    assert len(browser.stack) == 1
 
 
 def test_tool_survives_a_new_event_loop_and_concurrent_calls(sites):

@@ -298,6 +298,14 @@ class Chromium:
         await context.route("**/*", self._route)
         self._context = context
 
+    async def reset(self) -> None:
+        """Drop the browsing context (cookies, storage, cache, open pages); the browser process
+        stays, and the next fetch opens a fresh context."""
+        context, self._context, self._page = self._context, None, None
+        if context is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(context.close(), 5)
+
     async def close(self) -> None:
         for closer in (self._context, self._browser):
             if closer is not None:

@@ -136,6 +136,12 @@ class BrowserTool(BuiltinTool):
         """Requests the network policy refused so far (pages and their subresources)."""
         return self.chromium._all_refusals()
 
+    async def reset(self) -> None:
+        """A new conversation: its cursors start at 0 again, and no cookie or storage of the
+        pages an earlier one opened is left."""
+        self.stack = PageStack()
+        await self.chromium.reset()
+
     async def aclose(self) -> None:
         await self.chromium.close()
 
