@@ -741,12 +741,13 @@ def _run_batch(args: argparse.Namespace) -> int:
 
     def say(text: str) -> None:
         if not args.quiet:
-            console.print(text, markup=False)
+            console.print(text, markup=False, soft_wrap=True)  # one line each, for scripts too
 
     before = final_statuses(tasks, output)
     todo = to_run(tasks, before, retry=args.retry)
     ran = 0
     failure: Exception | None = None
+    interrupted = False
     if todo:  # else the model is not even loaded
         retried = sum(before[t.id] != NOT_RUN for t in todo)
         say(f"running {len(todo)} of {len(tasks)} tasks" + f" ({retried} retried)" * (retried > 0))
@@ -770,15 +771,22 @@ def _run_batch(args: argparse.Namespace) -> int:
                 ran += 1
                 say(f"[{ran}/{len(todo)}] {e.task.id}: {ERROR}")
                 failure = e.error
+            except KeyboardInterrupt:  # the tasks running now have no line: a rerun runs them
+                interrupted = True
     statuses = final_statuses(tasks, output)
     counts = Counter(statuses.values())
     others = [f", {n} {status}" for status, n in counts.items() if status != "completed"]
     tally = f"{counts['completed']}/{len(tasks)} completed{''.join(others)}"
-    say(f"{'done' if todo else 'nothing to do'}: {tally}; results in {output}")
+    verb = "stopped" if interrupted else "done" if todo else "nothing to do"
+    again = "; the same command goes on from here" if interrupted else ""
+    say(f"{verb}: {tally}; results in {output}{again}")
     if args.json:
         tasks_out = [{"id": task_id, "status": status} for task_id, status in statuses.items()]
-        summary = {"results": output, "ran": ran, "counts": dict(counts), "tasks": tasks_out}
+        summary = {"results": output, "ran": ran, "counts": dict(counts), "tasks": tasks_out,
+                   "interrupted": interrupted}  # fmt: skip
         print(json.dumps(summary, ensure_ascii=False))
+    if interrupted:
+        return EXIT_INTERRUPTED
     if failure is not None:
         raise failure
     if ERROR in counts:

@@ -6,13 +6,15 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pexpect
 import pytest
-from _support import CALL, FINAL, PROMPT, TOOLS, cli_env
+from _support import CALL, FINAL, PROMPT, TOOLS, cli_env, requires_sandbox
 
 
 @pytest.fixture
@@ -339,12 +341,39 @@ def test_batch_retries_what_did_not_complete(workdir: Path) -> None:
         "ran": 1,
         "counts": {"completed": 3},
         "tasks": [{"id": i, "status": "completed"} for i in ("a", "2", "c")],
+        "interrupted": False,
     }
     # The results file is a history: the failed attempt stays, the last line per task wins.
     assert result_lines(workdir, "id", "final", "status") == [
         ("a", "answer 0", "completed"), ("2", None, "invalid_output"),
         ("c", "answer 2", "completed"), ("2", "answer 1", "completed"),
     ]  # fmt: skip
+
+
+@requires_sandbox
+def test_ctrl_c_stops_a_batch_with_its_summary_and_a_rerun_goes_on(workdir: Path) -> None:
+    (workdir / "tasks.jsonl").write_text(TASKS)
+    sleep = "<|channel|>analysis to=python<|message|>import time; time.sleep(120)<|call|>"
+    (workdir / "script.json").write_text(json.dumps([ANSWERS[0], sleep]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harmony_agent", "run", "--scripted", "script.json", "--python",
+         "--batch", "tasks.jsonl"],
+        cwd=workdir, env=cli_env(workdir), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines = [proc.stderr.readline() for _ in range(2)]
+    assert lines[1].startswith("[1/3] a: completed"), lines
+    time.sleep(2)  # the second task is in its python call now
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert rest.strip().splitlines()[-1] == (
+        "stopped: 1/3 completed, 2 not_run; results in tasks.results.jsonl; "
+        "the same command goes on from here"
+    )
+    again = batch(workdir, ANSWERS[1:])
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.startswith("running 2 of 3 tasks\n")
 
 
 def test_a_finished_batch_loads_no_model(workdir: Path) -> None:
