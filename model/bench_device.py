@@ -25,6 +25,7 @@ from .gpt_oss import GptOss
 from .loading import resolve_device
 from .one_sequence import OneSequence
 from .protocol import Sampling
+from .triton.decode_graph import PagedDecodeGraphs
 
 
 def device_bandwidth(device: torch.device, nbytes: int = 2 << 30, repeats: int = 10) -> float:
@@ -87,10 +88,15 @@ def run_device_bench(
         decode_tok_s = _decode_tok_s(model, prompt, decode_tokens)
         eager_tok_s = None
         engine = model.engine
+        # The same steps one kernel at a time, for the ratio (either engine's graphs).
         if isinstance(engine, OneSequence) and engine.cuda_graph:
-            engine.cuda_graph = False  # the same steps one kernel at a time, for the ratio
+            engine.cuda_graph = False
             eager_tok_s = _decode_tok_s(model, prompt, decode_tokens)
             engine.cuda_graph = True
+        elif isinstance(graphs := engine.transformer, PagedDecodeGraphs) and graphs.capture:
+            graphs.capture = False
+            eager_tok_s = _decode_tok_s(model, prompt, decode_tokens)
+            graphs.capture = True
         nbytes = decode_bytes_per_token(config, n + decode_tokens // 2, packed_experts=True)
         rows.append({
             "prompt_tokens": n,

@@ -1,8 +1,9 @@
 """The loaded gpt-oss as a `Model`: validation, then an engine that generates.
 
-The PyTorch path batches: `BatchEngine` decodes every concurrent `generate()` together over one
-page pool, with the prefixes of earlier prompts cached. A backend without batched kernels (the
-Triton one, today) runs `OneSequence`, one generation at a time in a contiguous cache.
+By default both backends batch: `BatchEngine` decodes every concurrent `generate()` together
+over one page pool, with the prefixes of earlier prompts cached; on the Triton backend its
+one-token steps of up to four sequences replay CUDA graphs (`PagedDecodeGraphs`). `batching=False`
+runs `OneSequence` instead: one generation at a time in a contiguous cache (`DecodeStep`'s graph).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .kv_pages import PAGE_SIZE, PagePool
 from .one_sequence import OneSequence
 from .protocol import Sampling
 from .transformer import KVCache, Transformer
+from .triton.decode_graph import PagedDecodeGraphs
 
 
 class GptOss:
@@ -26,6 +28,7 @@ class GptOss:
     `cache_tokens` (batching only) sizes the page pool that all sequences share: the running
     ones' tokens and the cached prefixes of finished ones. It must hold at least `max_context`
     so that any one sequence fits; the default, twice that, keeps two long conversations cached.
+    `cuda_graph` (Triton backend): decode steps replayed as CUDA graphs, by either engine.
     """
 
     def __init__(
@@ -71,8 +74,12 @@ class GptOss:
                 if self.batching:
                     pool = PagePool(self.config, -(-self.cache_tokens // PAGE_SIZE), self.device,
                                     self.dtype)  # fmt: skip
-                    self._engine = BatchEngine(self.transformer, pool,
-                                               max_context=self.max_context,
+                    forward: Transformer | PagedDecodeGraphs = self.transformer
+                    if self._cuda_graph:
+                        forward = PagedDecodeGraphs(self.transformer, max_context=self.max_context,
+                                                    capture=self.device.type == "cuda")  # fmt: skip
+                    # (the engine only calls its forward: the graphs stand in for the model)
+                    self._engine = BatchEngine(forward, pool, max_context=self.max_context,  # type: ignore[arg-type]
                                                prefill_chunk=self.prefill_chunk)  # fmt: skip
                 else:
                     self._engine = OneSequence(self.transformer, max_context=self.max_context,
@@ -88,11 +95,10 @@ class GptOss:
     def graph_captured(self) -> bool:
         """Whether one-token steps replay a captured CUDA graph (after the first one)."""
         engine = self._engine
-        return (
-            isinstance(engine, OneSequence)
-            and engine._step is not None
-            and (engine._step.graph is not None)
-        )
+        if isinstance(engine, OneSequence):
+            return engine._step is not None and engine._step.graph is not None
+        forward = None if engine is None else engine.transformer
+        return isinstance(forward, PagedDecodeGraphs) and forward.captured
 
     @property
     def device(self) -> torch.device:

@@ -51,6 +51,7 @@ def load_model(
     experts: Experts = "auto",
     max_context: int | None = None,
     cache_tokens: int | None = None,
+    batching: bool = True,
     cuda_graph: bool | None = None,
     progress: bool | None = None,
     engine: str | None = None,
@@ -65,10 +66,14 @@ def load_model(
     experts: "auto" keeps them as stored; "mxfp4" keeps them packed and dequantises each expert
     when used (gpt-oss-20b fits a 24 GiB machine this way); "dense" unpacks them at load.
     max_context: the most tokens one sequence holds (default 32768 on CUDA, 8192 on the CPU).
-    cache_tokens: the KV pages all concurrent sequences and cached prefixes share (torch backend;
-    default twice max_context).
-    cuda_graph: decode steps replayed as a CUDA graph (triton backend only; the default there
-    with MXFP4 experts).
+    cache_tokens: the KV pages all concurrent sequences and cached prefixes share (default twice
+    max_context).
+    batching: the default, on both backends: concurrent `generate()` calls decode together over
+    a shared page pool that keeps earlier prompts' prefixes (an agent runs several conversations
+    and tool calls at once, and every turn resends the conversation). False: one sequence at a
+    time in a contiguous cache (`OneSequence`; a new `generate()` supersedes the last).
+    cuda_graph: decode steps replayed as CUDA graphs (triton backend only; the default there
+    with MXFP4 experts): with batching, steps of up to four sequences, one graph per batch size.
     progress: a progress bar on stderr; None shows it only on a terminal.
 
     A URL (`http://host:port`) is a model served by `engine`: "llamacpp" (llama-server),
@@ -84,6 +89,8 @@ def load_model(
         given = [k for k, v in local.items() if v is not None]
         if experts != "auto":
             given.append("experts")
+        if not batching:
+            given.append("batching")
         if given:
             raise ValueError(f"{', '.join(given)}: for local weights; {path} is a served model")
         return connect(str(path), engine, timeout=timeout, max_context=max_context)
@@ -125,7 +132,8 @@ def load_model(
     tensors = repack(_progress(ckpt.tensors(), ckpt, progress), packed, dtype)
     return build_model(
         config, tensors, packed=packed, dtype=dtype, device=dev, backend=backend,
-        max_context=max_context, cache_tokens=cache_tokens, cuda_graph=cuda_graph, keepalive=ckpt,
+        max_context=max_context, cache_tokens=cache_tokens, batching=batching,
+        cuda_graph=cuda_graph, keepalive=ckpt,
     )  # fmt: skip
 
 
@@ -139,12 +147,14 @@ def build_model(
     backend: str,
     max_context: int | None = None,
     cache_tokens: int | None = None,
+    batching: bool = True,
     cuda_graph: bool | None = None,
     keepalive: object = None,
 ) -> GptOss:
     """The engine over a Transformer assembled from (reference name, tensor) pairs, placed on
-    `device` one tensor at a time (nothing is materialised twice). cuda_graph: None means on
-    with the triton backend and packed experts."""
+    `device` one tensor at a time (nothing is materialised twice). batching: the batching
+    engine (the default) or `OneSequence`, as `load_model`'s. cuda_graph: None means on with the
+    triton backend and packed experts."""
     from .gpt_oss import GptOss
 
     with torch.device("meta"):
@@ -163,10 +173,8 @@ def build_model(
     # The Triton attention never holds a (T, S) score matrix, and on a GPU longer chunks mean
     # bigger matrix products and fewer launches; the PyTorch path keeps its scores bounded.
     chunk = 2048 if backend == "triton" and device.type == "cuda" else 256
-    # The Triton kernels attend over one contiguous cache: no batching there yet.
     return GptOss(model, max_context=max_context, prefill_chunk=chunk, cuda_graph=cuda_graph,
-                  batching=backend != "triton", cache_tokens=cache_tokens,
-                  keepalive=keepalive)  # fmt: skip
+                  batching=batching, cache_tokens=cache_tokens, keepalive=keepalive)  # fmt: skip
 
 
 def _interpreting() -> bool:

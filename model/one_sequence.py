@@ -1,5 +1,5 @@
-"""The engine for a backend without batched kernels (the Triton one, today): one sequence in one
-contiguous KV cache, one-token steps through `DecodeStep` (a CUDA graph on a GPU).
+"""The single-sequence engine (`load_model(..., batching=False)`): one sequence in one contiguous
+KV cache, one-token steps through `DecodeStep` (a CUDA graph on a GPU).
 
 The cache holds the keys and values of `self.cached` (exactly those tokens, after every yielded
 token). A new prompt reuses its longest common prefix with them, even when it diverges

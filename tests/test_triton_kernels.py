@@ -229,6 +229,58 @@ def test_attention_position_tensor_needs_the_decode_path() -> None:
                                    path="prefill")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("starts", "nh", "nkv", "hd", "window", "whole", "splits"),
+    [
+        ([5, 70, 0, 130], 4, 2, 16, None, False, None),
+        ([5, 70, 0, 130], 4, 2, 16, 8, False, None),  # each row reads its window
+        ([40, 9, 100], 4, 2, 16, 8, True, None),  # rows read past the window: masked
+        ([5, 70, 0], 4, 1, 32, 300, False, None),  # a window longer than the rows
+        ([300, 0, 64], 4, 2, 16, None, False, 3),  # splits, some without a key for short rows
+    ],
+)
+def test_paged_attention_matches_reference(
+    starts: list[int],
+    nh: int,
+    nkv: int,
+    hd: int,
+    window: int | None,
+    whole: bool,
+    splits: int | None,
+) -> None:
+    """Rows of different lengths over scattered slots of one pool, padded with slots that hold
+    keys the rows must not see; each row as the reference attention over its own keys."""
+    g = torch.Generator().manual_seed(sum(starts) + (window or 0))
+    firsts = [0 if window is None or whole else max(0, s - window + 1) for s in starts]
+    lengths = [s + 1 - f for s, f in zip(starts, firsts, strict=True)]
+    n_slots = sum(lengths) + 16
+    k = torch.randn(n_slots, nkv, hd, generator=g)
+    v = torch.randn(n_slots, nkv, hd, generator=g)
+    k[-16:], v[-16:] = 1e4, 1e4  # the padding's keys: seen, they would dominate
+    order = torch.randperm(n_slots - 16, generator=g)
+    rows, at = [], 0
+    for n in lengths:
+        pad = torch.randint(n_slots - 16, n_slots, (max(lengths) - n,), generator=g)
+        rows.append(torch.cat([order[at : at + n], pad]))
+        at += n
+    slots = torch.stack(rows)  # (B, S)
+    q = torch.randn(len(starts), nh, hd, generator=g)
+    sinks = 2 * torch.randn(nh, generator=g)
+    want = torch.cat([
+        triton_attention.attention_reference(
+            q[b : b + 1], k[slots[b, :n]].transpose(0, 1), v[slots[b, :n]].transpose(0, 1),
+            sinks, starts[b], firsts[b], window,
+        )
+        for b, n in enumerate(lengths)
+    ])  # fmt: skip
+    on = {"device": DEVICE}
+    out = triton_attention.paged_attention(
+        q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), slots.to(DEVICE), sinks.to(DEVICE),
+        torch.tensor(starts, **on), torch.tensor(firsts, **on), window, splits=splits,
+    )  # fmt: skip
+    torch.testing.assert_close(out.cpu(), want, rtol=1e-4, atol=1e-5)
+
+
 # --- RMSNorm and RoPE ------------------------------------------------------------------------
 
 
@@ -288,6 +340,29 @@ def test_rope_and_cache_rotates_and_stores_k_and_v(in_memory: bool) -> None:
     torch.testing.assert_close(qkv.cpu(), want_qkv, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(k_cache.cpu(), want_k, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(v_cache.cpu(), want_v, rtol=0, atol=0)
+
+
+def test_rope_and_write_stores_k_and_v_at_the_slots() -> None:
+    """Into a page pool (slots, nkv, hd): token t's k and v at slot slots[t]; slot -1 (a padding
+    row) stores nothing."""
+    t, nh, nkv, hd = 3, 4, 2, 16
+    g = torch.Generator().manual_seed(6)
+    qkv = torch.randn(t, nh + 2 * nkv, hd, generator=g).to(DEVICE)
+    cos, sin = torch.rand(t, hd // 2, generator=g), torch.rand(t, hd // 2, generator=g)
+    k_pages = torch.randn(10, nkv, hd, generator=g).to(DEVICE)
+    v_pages = torch.randn(10, nkv, hd, generator=g).to(DEVICE)
+    slots = [7, -1, 2]
+    want_qk = triton_rope.rope_reference(qkv[:, : nh + nkv].cpu(), cos, sin)
+    want_k, want_v = k_pages.cpu().clone(), v_pages.cpu().clone()
+    for i, slot in enumerate(slots):
+        if slot >= 0:
+            want_k[slot] = want_qk[i, nh:]
+            want_v[slot] = qkv[i, nh + nkv :].cpu()
+    triton_rope.rope_and_write_(qkv, nh, cos.to(DEVICE), sin.to(DEVICE), k_pages, v_pages,
+                                torch.tensor(slots, device=DEVICE))  # fmt: skip
+    torch.testing.assert_close(qkv[:, : nh + nkv].cpu(), want_qk, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(k_pages.cpu(), want_k, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v_pages.cpu(), want_v, rtol=0, atol=0)
 
 
 # --- bf16 activations ------------------------------------------------------------------------

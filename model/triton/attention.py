@@ -16,6 +16,12 @@ scores and sinks are multiplied by log2(e).
   each key is read once per kv head; the keys are split over programs (flash-decoding) and a
   small kernel merges the splits and the sink (with one split, as for the sliding-window layers,
   the decode kernel merges the sink itself: one launch).
+- paged decode (`paged_attention`, the batching engine's decode step): B rows of one query each,
+  every row attending to its own keys, scattered over the slots of a page pool (slots, nkv, hd):
+  `slots` (B, S) lists them in position order from `k_start[b]`, padded at the end. One program
+  per (kv head, row, split), the same row tile and splits as decode; each row's length is read
+  from memory (q_start[b] + 1 - k_start[b]), so a launch's shapes do not depend on the lengths
+  (a CUDA graph can replay it with the padding width fixed).
 """
 
 from __future__ import annotations
@@ -55,6 +61,38 @@ def attention_reference(
 
 
 # --- kernels ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _softmax_step(s, v, m_i, l_i, acc):
+    """Fold one key tile into the running max, denominator and numerator of each row: s (rows,
+    BN) base-2 logits, -inf where masked; v (BN, hd)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    corr = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * corr + tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, acc * corr[:, None], input_precision="ieee")
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _store_split(
+    m_i, l_i, acc, sinks_ptr, head, mask_r, o_ptr, o_offs, m_ptr, l_ptr, acc_ptr, part,
+    HEAD_DIM: tl.constexpr, FINAL: tl.constexpr,
+):  # fmt: skip
+    """A split's rows: FINAL (the only split), the output with the sink merged at o_ptr + o_offs
+    (rows, hd); else the fp32 partials at rows `part` of m / l / acc."""
+    if FINAL:
+        sink = tl.load(sinks_ptr + head, mask=mask_r, other=0.0).to(tl.float32) * 1.4426950408889634
+        m = tl.maximum(m_i, sink)
+        w = tl.exp2(m_i - m)
+        out = acc * (w / (l_i * w + tl.exp2(sink - m)))[:, None]
+        tl.store(o_ptr + o_offs, out.to(o_ptr.dtype.element_ty), mask=mask_r[:, None])
+    else:
+        tl.store(m_ptr + part, m_i)
+        tl.store(l_ptr + part, l_i)
+        offs_d = tl.arange(0, HEAD_DIM)
+        tl.store(acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc)
 
 
 @triton.jit
@@ -100,15 +138,10 @@ def _prefill_kernel(
         if SLIDING:
             allowed &= (qpos[:, None] - kpos[None, :]) < window
         s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: starts at the sink
-        corr = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * corr + tl.sum(p, axis=1)
         v = tl.load(
             v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=mask_n[:, None], other=0.0
         )  # (BN, hd)
-        acc = tl.dot(p.to(v.dtype), v, acc * corr[:, None], input_precision="ieee")
-        m_i = m_new
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)  # m_i finite: starts at the sink
     out = acc / l_i[:, None]
     o = o_ptr + offs_m[:, None] * stride_ot + head * HEAD_DIM + offs_d[None, :]
     tl.store(o, out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
@@ -172,37 +205,82 @@ def _decode_kernel(
         if SLIDING:
             allowed &= (qpos[:, None] - kpos[None, :]) < window
         s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        corr = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * corr + tl.sum(p, axis=1)
         v = tl.load(
             v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=mask_n[:, None], other=0.0
         )  # (BN, hd)
-        acc = tl.dot(p.to(v.dtype), v, acc * corr[:, None], input_precision="ieee")
-        m_i = m_new
-    if FINAL:
-        sink = tl.load(sinks_ptr + head, mask=mask_r, other=0.0).to(tl.float32) * 1.4426950408889634
-        m = tl.maximum(m_i, sink)
-        w = tl.exp2(m_i - m)
-        out = acc * (w / (l_i * w + tl.exp2(sink - m)))[:, None]
-        o = o_ptr + tq[:, None] * stride_ot + head[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(o, out.to(o_ptr.dtype.element_ty), mask=mask_r[:, None])
-    else:
-        row = (split * n_kv + kvh) * BLOCK_R + offs_r
-        tl.store(m_ptr + row, m_i)
-        tl.store(l_ptr + row, l_i)
-        tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc)
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+    o_offs = tq[:, None] * stride_ot + head[:, None] * HEAD_DIM + offs_d[None, :]
+    part = (split * n_kv + kvh) * BLOCK_R + offs_r
+    _store_split(m_i, l_i, acc, sinks_ptr, head, mask_r, o_ptr, o_offs, m_ptr, l_ptr, acc_ptr,
+                 part, HEAD_DIM, FINAL)  # fmt: skip
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr, k_ptr, v_ptr, slots_ptr, start_ptr, first_ptr, m_ptr, l_ptr, acc_ptr, sinks_ptr, o_ptr,
+    window, qk_scale, stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
+    stride_sb, stride_ob, REP: tl.constexpr, HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr,
+    FINAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One split of one row's keys for one kv head: grid (nkv, B, splits). Rows r < REP of the
+    tile are the query heads kvh REP + r; row b sees its first n = start[b] + 1 - first[b] slots.
+    Partials as in `_decode_kernel`, (splits, B, nkv, BLOCK_R) rows; FINAL merges the sink."""
+    kvh = tl.program_id(0)
+    b = tl.program_id(1)
+    split = tl.program_id(2)
+    n_kv, n_rows = tl.num_programs(0), tl.num_programs(1)
+    n = (tl.load(start_ptr + b) + 1 - tl.load(first_ptr + b)).to(tl.int32)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, HEAD_DIM)
+    head = kvh * REP + offs_r % REP
+    mask_r = offs_r < REP
+    q = tl.load(
+        q_ptr + b * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
+        mask=mask_r[:, None],
+        other=0.0,
+    )  # (BR, hd)
+    split_len = tl.cdiv(tl.cdiv(n, tl.num_programs(2)), BLOCK_N) * BLOCK_N
+    lo = split * split_len
+    hi = tl.minimum(n, lo + split_len)
+    m_i = tl.zeros([BLOCK_R], dtype=tl.float32) - 1.0e30  # finite: a split may see no key
+    l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, HEAD_DIM], dtype=tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < hi
+        slot = tl.load(slots_ptr + b * stride_sb + offs_n, mask=mask_n, other=0).to(tl.int64)
+        kt = tl.load(
+            k_ptr + slot[None, :] * stride_ks + kvh * stride_kh + offs_d[:, None],
+            mask=mask_n[None, :],
+            other=0.0,
+        )  # (hd, BN)
+        s = tl.dot(q, kt, input_precision="ieee") * qk_scale  # (BR, BN)
+        allowed = mask_n[None, :]
+        if SLIDING:  # the query is at position first + n - 1, key j at first + j
+            allowed &= (n - 1 - offs_n)[None, :] < window
+        s = tl.where(allowed, s, float("-inf"))
+        v = tl.load(
+            v_ptr + slot[:, None] * stride_vs + kvh * stride_vh + offs_d[None, :],
+            mask=mask_n[:, None],
+            other=0.0,
+        )  # (BN, hd)
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+    o_offs = b * stride_ob + head[:, None] * HEAD_DIM + offs_d[None, :]
+    part = ((split * n_rows + b) * n_kv + kvh) * BLOCK_R + offs_r
+    _store_split(m_i, l_i, acc, sinks_ptr, head, mask_r, o_ptr, o_offs, m_ptr, l_ptr, acc_ptr,
+                 part, HEAD_DIM, FINAL)  # fmt: skip
 
 
 @triton.jit
 def _decode_combine_kernel(
-    m_ptr, l_ptr, acc_ptr, sinks_ptr, o_ptr, T, n_splits, stride_ot, REP: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr,
+    m_ptr, l_ptr, acc_ptr, sinks_ptr, o_ptr, T, n_splits, stride_ob, stride_ot,
+    REP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
-    """Merge the splits of one kv head with the sink: grid (nkv,)."""
+    """Merge the splits of one kv head of one row with the sink: grid (nkv, B), partials
+    (splits, B, nkv, BLOCK_R) rows (B = 1 for `_decode_kernel`'s)."""
     kvh = tl.program_id(0)
-    n_kv = tl.num_programs(0)
+    b = tl.program_id(1)
+    n_kv, n_rows = tl.num_programs(0), tl.num_programs(1)
     offs_r = tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, HEAD_DIM)
     tq = offs_r // REP
@@ -212,7 +290,7 @@ def _decode_combine_kernel(
     l_tot = tl.zeros([BLOCK_R], dtype=tl.float32) + 1.0  # the sink's exp2(0)
     acc = tl.zeros([BLOCK_R, HEAD_DIM], dtype=tl.float32)
     for split in range(0, n_splits):
-        row = (split * n_kv + kvh) * BLOCK_R + offs_r
+        row = ((split * n_rows + b) * n_kv + kvh) * BLOCK_R + offs_r
         m_s = tl.load(m_ptr + row)
         m_new = tl.maximum(m, m_s)
         corr, w = tl.exp2(m - m_new), tl.exp2(m_s - m_new)
@@ -221,7 +299,7 @@ def _decode_combine_kernel(
         acc = acc * corr[:, None] + acc_s * w[:, None]
         m = m_new
     out = acc / l_tot[:, None]
-    o = o_ptr + tq[:, None] * stride_ot + head[:, None] * HEAD_DIM + offs_d[None, :]
+    o = o_ptr + b * stride_ob + tq[:, None] * stride_ot + head[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(o, out.to(o_ptr.dtype.element_ty), mask=mask_r[:, None])
 
 
@@ -299,8 +377,66 @@ def attention(
         num_stages=cfg["num_stages"],
     )  # fmt: skip
     if not final:
-        _decode_combine_kernel[(nkv,)](
-            m, l_sum, acc, sinks, out, t, splits, out.stride(0), REP=rep, HEAD_DIM=hd,
+        _decode_combine_kernel[(nkv, 1)](
+            m, l_sum, acc, sinks, out, t, splits, 0, out.stride(0), REP=rep, HEAD_DIM=hd,
+            BLOCK_R=block_r,
+        )  # fmt: skip
+    return out
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slots: torch.Tensor,
+    sinks: torch.Tensor,
+    q_start: torch.Tensor,
+    k_start: torch.Tensor,
+    window: int | None,
+    *,
+    splits: int | None = None,
+) -> torch.Tensor:
+    """One new query per row over a page pool: q (B, nh, hd) at positions q_start (B,); k / v
+    (slots, nkv, hd); slots (B, S) the slots of row b's keys at positions k_start[b]..q_start[b],
+    padded at the end (the padding is not read). -> (B, nh hd) in q's dtype.
+
+    Nothing is read back to the host: the launch depends only on the shapes, so a CUDA graph can
+    replay it. splits: key splits per (row, kv head) (None: from S, enough to fill the GPU).
+    """
+    b, nh, hd = q.shape
+    _, nkv, _ = k.shape
+    if nh % nkv or hd != next_pow2(hd) or hd < 16 or nh // nkv > DECODE_MAX_ROWS:
+        raise ValueError(f"need nh ({nh}) a multiple of nkv ({nkv}) by at most "
+                         f"{DECODE_MAX_ROWS}, hd ({hd}) a power of 2 >= 16")  # fmt: skip
+    if k.shape != v.shape or k.shape[2] != hd or slots.shape[0] != b:
+        raise ValueError(f"k {tuple(k.shape)}, v {tuple(v.shape)}, slots {tuple(slots.shape)} "
+                         f"do not fit q {tuple(q.shape)}")  # fmt: skip
+    for name, x in (("q", q), ("k", k), ("v", v), ("slots", slots)):
+        if x.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension")
+    rep = nh // nkv
+    sinks = sinks.contiguous()
+    cfg = DECODE
+    block_r = decode_rows(1, rep)
+    if splits is None:  # B rows already make B programs per kv head
+        splits = max(1, min(cdiv(MAX_SPLITS, b), cdiv(slots.shape[1], 4 * cfg["BLOCK_N"])))
+    out = torch.empty(b, nh * hd, device=q.device, dtype=q.dtype)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    final = splits == 1
+    m = torch.empty(0 if final else splits, b, nkv, block_r, **f32)
+    l_sum = torch.empty_like(m)
+    acc = torch.empty(*m.shape, hd, **f32)
+    if b:
+        _paged_decode_kernel[(nkv, b, splits)](
+            q, k, v, slots, q_start.contiguous(), k_start.contiguous(), m, l_sum, acc,
+            sinks, out, window or 0, LOG2E / math.sqrt(hd), q.stride(0), q.stride(1),
+            k.stride(0), k.stride(1), v.stride(0), v.stride(1), slots.stride(0), out.stride(0),
+            REP=rep, HEAD_DIM=hd, SLIDING=window is not None, FINAL=final, BLOCK_R=block_r,
+            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    if b and not final:
+        _decode_combine_kernel[(nkv, b)](
+            m, l_sum, acc, sinks, out, 1, splits, out.stride(0), 0, REP=rep, HEAD_DIM=hd,
             BLOCK_R=block_r,
         )  # fmt: skip
     return out
@@ -317,7 +453,8 @@ def decode_rows(t: int, rep: int) -> int:
 def aot_specs(
     dtype: torch.dtype = torch.bfloat16, rep: int = 8, head_dim: int = 64
 ) -> list[KernelSpec]:
-    """Every configuration `attention` can launch for the real model's heads (64 q / 8 kv)."""
+    """Every configuration `attention` and `paged_attention` can launch for the real model's
+    heads (64 q / 8 kv)."""
     act = ptr_type(dtype)
     strides = ["stride_qt", "stride_qh", "stride_kh", "stride_ks", "stride_vh", "stride_vs"]
     # Decode row tiles for T = 1 .. DECODE_MAX_ROWS / rep queries.
@@ -372,6 +509,31 @@ def aot_specs(
                         num_stages=DECODE["num_stages"],
                     )
                 )
+        for final in (False, True):
+            sig = {"q_ptr": act, "k_ptr": act, "v_ptr": act}
+            sig |= dict.fromkeys(["slots_ptr", "start_ptr", "first_ptr"], "*i64")
+            sig |= dict.fromkeys(["m_ptr", "l_ptr", "acc_ptr", "sinks_ptr"], "*fp32")
+            sig |= {"o_ptr": act, "window": "i32", "qk_scale": "fp32"}
+            sig |= dict.fromkeys(["stride_qb", "stride_qh", "stride_ks", "stride_kh", "stride_vs",
+                                  "stride_vh", "stride_sb", "stride_ob"], "i32")  # fmt: skip
+            const = {
+                "REP": rep,
+                "HEAD_DIM": head_dim,
+                "SLIDING": sliding,
+                "FINAL": final,
+                "BLOCK_R": decode_rows(1, rep),
+                "BLOCK_N": DECODE["BLOCK_N"],
+            }
+            specs.append(
+                KernelSpec(
+                    "attn_paged_decode",
+                    _paged_decode_kernel,
+                    sig,
+                    const,
+                    num_warps=DECODE["num_warps"],
+                    num_stages=DECODE["num_stages"],
+                )
+            )
     for block_r in row_tiles:
         sig = {
             "m_ptr": "*fp32",
@@ -381,6 +543,7 @@ def aot_specs(
             "o_ptr": act,
             "T": "i32",
             "n_splits": "i32",
+            "stride_ob": "i32",
             "stride_ot": "i32",
         }
         const = {"REP": rep, "HEAD_DIM": head_dim, "BLOCK_R": block_r}
