@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
-import subprocess
 import sys
 import time
 import urllib.request
@@ -52,15 +50,6 @@ def slice_gguf(workdir: Path, preset: str, layers: int, experts: int) -> Path:
         write_gguf(partial, config, random_tensors(config, packed=True), packed=True)
         partial.rename(path)
     return path
-
-
-def llama_bench(bench: Path, gguf: Path, decode: int, threads: int) -> float:
-    """llama-bench's decode tok/s (`-p 0 -n decode`, one repetition)."""
-    out = subprocess.run([str(bench), "-m", str(gguf), "-p", "0", "-n", str(decode), "-t",
-                          str(threads), "-r", "1", "-o", "json"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    (result,) = json.loads(out.stdout)
-    return float(result["avg_ts"])
 
 
 def server_decode_seconds(url: str) -> tuple[float, float]:
@@ -112,7 +101,7 @@ def main() -> None:
 
     import torch
 
-    from harmony_agent.model.bench import OursRunner
+    from harmony_agent.model.bench import OursRunner, llama_bench
     from harmony_agent.model.remote import connect
     from tests._llamacpp import build, serving
 
@@ -132,7 +121,8 @@ def main() -> None:
         remote = connect(url, "llamacpp")
         remote_decode(remote, url, prompt[:8], 4)  # warm up
         for _ in range(args.rounds):
-            keep("llama-bench", llama_bench(llama.bench, gguf, args.decode, args.threads))
+            keep("llama-bench", llama_bench(llama.bench, gguf, threads=args.threads,
+                                            decode=args.decode))  # fmt: skip
             client, server = remote_decode(remote, url, prompt, args.decode)
             keep("server via our backend", client)
             keep("server, its own decode", server)

@@ -106,6 +106,13 @@ def add_model_commands(subparsers: Any) -> None:
     p.add_argument("--bandwidth-mib", type=int, default=1024, help="size of the copy test")
     p.add_argument("--no-transformers", action="store_true", help="skip the reference run")
     p.add_argument(
+        "--llama-cpp",
+        type=Path,
+        metavar="DIR",
+        help="also time llama.cpp's llama-bench from this build folder (with bin/ or build/bin/) "
+        "on a GGUF of the slice, whose experts are then MXFP4 in every leg",
+    )
+    p.add_argument(
         "--device",
         default="cpu",
         help="cpu: a slice vs transformers; cuda: the full-size model with random MXFP4 weights",
@@ -243,6 +250,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.llama_cpp and (args.concurrency or args.device != "cpu"):
+        raise ValueError("--llama-cpp goes with the CPU benchmark, not --concurrency or --device")
     if args.concurrency:
         return _bench_concurrency(args)
     if args.device != "cpu":
@@ -268,6 +277,7 @@ def _bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         with_transformers=not args.no_transformers,
         our_experts=args.our_experts,
+        llama_cpp=args.llama_cpp,
         rounds=args.rounds,
         bandwidth_bytes=args.bandwidth_mib << 20,
     )

@@ -561,6 +561,47 @@ def harmony_vocabulary(size: int) -> tuple[list[str], list[int], list[str]]:
     return tokens, [int(k) for k in kinds], merges
 
 
+def write_hf_tokenizer(folder: Path) -> None:
+    """harmony's whole vocabulary as Hugging Face's tokenizer.json (+ tokenizer_config.json),
+    laid out as transformers' tiktoken converter writes o200k: llama.cpp's convert_hf_to_gguf.py
+    reads the vocabulary from it, and names the pre-tokenizer by hashing how it splits a text,
+    so the regex and the merges must be o200k's."""
+    import json
+
+    from bpe_openai.registry import o200k_base
+
+    from harmony_agent.encoding import VOCAB_SIZE
+
+    tokens, kinds, merges = harmony_vocabulary(VOCAB_SIZE)
+    first = kinds.index(int(_gguf().TokenType.CONTROL))  # the special tokens follow the ranks
+    special = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+               "special": True}  # fmt: skip
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                  "use_regex": False}  # fmt: skip
+    split = {"type": "Split", "pattern": {"Regex": o200k_base()["pat_str"]},
+             "behavior": "Isolated", "invert": False}  # fmt: skip
+    # a ByteLevel post-processor adds no BOS or EOS: the converter writes add_bos/eos False
+    post = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+            "use_regex": True}  # fmt: skip
+    bpe = {"type": "BPE", "ignore_merges": True, "byte_fallback": False,
+           "vocab": {t: i for i, t in enumerate(tokens[:first])}, "merges": merges}  # fmt: skip
+    added = [{"id": i, "content": tokens[i], **special} for i in range(first, VOCAB_SIZE)]
+    tokenizer = {
+        "version": "1.0",
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [split, byte_level]},
+        "post_processor": post,
+        "decoder": byte_level,
+        "model": bpe,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tokens[_STARTOFTEXT],
+              "eos_token": tokens[_RETURN], "pad_token": tokens[_ENDOFTEXT]}  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+
 # --- converting --------------------------------------------------------------------------------
 
 
