@@ -4,12 +4,16 @@
     python benchmarks/demo_model.py train --data /tmp/demo/train.jsonl  # -> demo.safetensors
     python benchmarks/demo_model.py eval [--count 100] [--dense-weights FILE]  # via the agent
 
-`data` renders the synthetic task (`model.demo.task`) with the agent's own system and developer
-messages (`Agent.preamble()` for the demo tools, current date `DEMO_CURRENT_DATE`), so the model
-is trained on exactly what the agent shows it. `train` trains the demo shape from scratch on
-CPU (compact vocabulary, fp32, dense experts, then a few quantisation-aware steps) and writes the
-compact file. `eval` answers held-out questions through `Agent` with the sandboxed python tool at
-temperature 0 and prints the accuracy and decode speed.
+`data` renders conversations of the synthetic task (`model.demo.task`: one to three questions,
+some outside the task) with the agent's own system and developer messages (`Agent.preamble()`
+for the demo tools, current date `DEMO_CURRENT_DATE`); the training reader renders each turn
+with the earlier turns as the agent shows them, so the model is trained on exactly what the
+agent shows it. `train` trains the demo shape from scratch on CPU (compact vocabulary, fp32,
+dense experts, then a few quantisation-aware steps) and writes the compact file. `eval` runs
+held-out questions through `Agent` with the sandboxed python tool at temperature 0 and prints
+three figures: single-question accuracy, follow-up accuracy (conversations of 2 and 3 questions,
+every answer right) and the share of questions outside the task answered with the fixed honest
+sentence and no tool call; then the decode speed.
 """
 
 from __future__ import annotations
@@ -71,8 +75,11 @@ def cmd_data(args: argparse.Namespace) -> None:
         agent = demo_agent(ScriptedModel([]), python=True, current_date=date)
         return agent.preamble()  # type: ignore[attr-defined]
 
-    write_transcripts(str(out / "train.jsonl"), args.count, seed=args.seed, preamble=preamble)
-    print(f"{args.count} conversations -> {out / 'train.jsonl'}")
+    path = out / "train.jsonl"
+    write_transcripts(
+        str(path), args.count, seed=args.seed, preamble=preamble, max_turns=args.max_turns
+    )
+    print(f"{args.count} conversations -> {path}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -96,7 +103,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     encoding = harmony_encoding()
     examples = load_examples([args.data], encoding=encoding)
     config = ModelConfig(**DEMO_CONFIG)
-    vocab = CompactVocab(used_tokens(examples, encoding), config.vocab_size)
+    # Another stage's data (--vocab-data) shares the vocabulary, so either can --resume the other.
+    kept = used_tokens(examples, encoding) | transcript_tokens(args.vocab_data, encoding)
+    vocab = CompactVocab(kept, config.vocab_size)
     tf = init_transformer(config, seed=args.seed)
     zero_rows_outside(tf, vocab.ids.tolist())
     shrink_vocab(tf, vocab)
@@ -117,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         warmup=50,
         seed=args.seed,
         quantization_aware_steps=args.qat_steps,
+        bucket_by_length=args.bucket,
     )
     show, close = progress_printer(settings.steps, every=25)
 
@@ -144,6 +154,21 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"loss {stats.losses[-1]:.4f} -> {path} ({size:.2f} MB)")  # fmt: skip
 
 
+def transcript_tokens(paths: list[str], encoding: Any) -> set[int]:
+    """Every token of the conversations of transcript files: each rendered once, whole (which
+    holds the tokens of all its examples, and is cheaper than making them)."""
+    from openai_harmony import Conversation
+
+    from harmony_agent.model.train.data import read_conversations
+
+    tokens: set[int] = set()
+    for path in paths:
+        for messages in read_conversations(path):
+            conversation = Conversation.from_messages(messages)
+            tokens.update(encoding.render_conversation_for_training(conversation))
+    return tokens
+
+
 def fix_number_rows(tf: Any, vocab: Any, encoding: Any, std: float) -> None:
     """Draw every (tied) embedding row at `std` and freeze the rows of number tokens.
 
@@ -168,31 +193,63 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
     from harmony_agent.model.demo import DEMO_CURRENT_DATE, load_demo_model
-    from harmony_agent.model.demo.task import held_out_tasks, training_questions
+    from harmony_agent.model.demo.task import (
+        held_out_conversations,
+        held_out_other,
+        held_out_tasks,
+        training_questions,
+    )
 
     torch.set_num_threads(args.threads)
     if args.dense_weights:
         model = _dense_model(args.dense_weights)
     else:
         model = load_demo_model(args.weights)
-    tasks = held_out_tasks(args.count, seed=args.seed, exclude=training_questions())
+    exclude = training_questions()
     agent = demo_agent(model, python=not args.no_python, current_date=DEMO_CURRENT_DATE)
-    right, tokens, seconds = 0, 0, 0.0
+    usage = [0, 0.0]  # tokens generated, model seconds
+
+    def share(conversations: list, what: str) -> None:
+        right = sum(ask(agent, tasks, usage, args.verbose) for tasks in conversations)
+        print(f"{what}: {right}/{len(conversations)} = {right / len(conversations):.1%}")
+
     with agent:  # type: ignore[attr-defined]
-        for task in tasks:
-            result = agent.run(task.question)  # type: ignore[attr-defined]
-            ok = result.final is not None and result.final.strip() == task.answer
-            right += ok
-            tokens += result.usage.output_tokens
-            seconds += result.usage.model_seconds
-            if not ok or args.verbose:
-                print(f"{'ok ' if ok else 'BAD'} {task.question!r} -> {result.final!r} "
-                      f"({result.status}; want {task.answer!r})")  # fmt: skip
-    print(f"held-out accuracy {right}/{len(tasks)} = {right / len(tasks):.1%}; "
-          f"{tokens / seconds:.0f} tok/s generated in the agent (prefill included)")  # fmt: skip
+        single = held_out_tasks(args.count, seed=args.seed, exclude=exclude)
+        share([[t] for t in single], "single-question held-out accuracy")
+        for turns in (2, 3):
+            conversations = held_out_conversations(args.conversations, turns, exclude=exclude)
+            share(conversations, f"{turns}-question conversations, every answer right")
+        other = held_out_other(args.other, exclude=exclude)
+        share([[t] for t in other], "held-out questions outside the task, honest answer, no call")
+        follow = held_out_tasks(len(other), seed=args.seed + 1, exclude=exclude)
+        share([[t, o] for t, o in zip(follow, other, strict=True)],
+              "the same as a follow-up (after a task question), both answers right")  # fmt: skip
+    print(f"{usage[0] / usage[1]:.0f} tok/s generated in the agent (prefill included)")
     prompt = agent.preamble()  # type: ignore[attr-defined]
     print(f"decode {decode_speed(model, prompt):.0f} tok/s (batch 1, KV cache, "
           f"{torch.get_num_threads()} thread(s))")  # fmt: skip
+
+
+def ask(agent: Any, tasks: list, usage: list, verbose: bool = False) -> bool:
+    """Ask `tasks`' questions in one conversation: True when every answer is the expected one,
+    after exactly the expected tool call (none for a question outside the task)."""
+    history: list = []
+    for task in tasks:
+        result = agent.run(task.question, history=history)
+        turn = result.messages[len(history) :]
+        calls = [m.recipient for m in turn if m.recipient not in (None, "assistant")]
+        expected = [task.recipient] if task.recipient else []
+        ok = result.final is not None and result.final.strip() == task.answer and calls == expected
+        usage[0] += result.usage.output_tokens
+        usage[1] += result.usage.model_seconds
+        if not ok or verbose:
+            mark = "ok " if ok else "BAD"
+            print(f"{mark} turn {tasks.index(task) + 1} {task.question!r} -> {result.final!r} "
+                  f"({result.status}; calls {calls}; want {task.answer!r})")  # fmt: skip
+        if not ok:
+            return False
+        history = result.messages
+    return True
 
 
 def decode_speed(model: object, preamble: list, n: int = 200) -> float:
@@ -241,6 +298,7 @@ def main() -> None:
     d.add_argument("--out", required=True)
     d.add_argument("--count", type=int, default=6000)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--max-turns", type=int, default=3, help="questions per conversation, at most")
     t = sub.add_parser("train")
     t.add_argument("--data", required=True)
     t.add_argument("--out", default=str(ROOT / "model" / "demo" / "demo.safetensors"))
@@ -252,10 +310,15 @@ def main() -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--embedding-std", type=float, default=0.3)
     t.add_argument("--resume", help="a --dense-out file to continue training from")
+    t.add_argument("--vocab-data", nargs="*", default=[],
+                   help="transcripts whose tokens it keeps too (a later stage's)")  # fmt: skip
+    t.add_argument("--bucket", action="store_true", help="batch examples of similar lengths")
     t.add_argument("--threads", type=int, default=2)
     e = sub.add_parser("eval")
     e.add_argument("--weights", help="a compact file (default: the shipped one)")
-    e.add_argument("--count", type=int, default=50)
+    e.add_argument("--count", type=int, default=100, help="single questions")
+    e.add_argument("--conversations", type=int, default=50, help="of 2 and of 3 questions each")
+    e.add_argument("--other", type=int, default=100, help="questions outside the task")
     e.add_argument("--seed", type=int, default=10_000)
     e.add_argument("--dense-weights", help="the --dense-out file of train: accuracy before MXFP4")
     e.add_argument("--no-python", action="store_true")

@@ -232,6 +232,8 @@ class FinetuneConfig:
     seed: int = 0
     quantization_aware_steps: int = 0
     """The last N steps compute experts with their MXFP4 rounding (straight-through)."""
+    bucket_by_length: bool = False
+    """Batch examples of similar lengths together (less padding); batches still come shuffled."""
 
 
 @dataclass
@@ -272,7 +274,7 @@ def finetune(
         params, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
     )
     zero_rows = vocab.zero_rows if vocab is not None else 0
-    batches = _batches(examples, config.batch_size, rng, vocab)
+    batches = _batches(examples, config.batch_size, rng, vocab, config.bucket_by_length)
     tf.train()
     stats = TrainStats()
     started = time.perf_counter()
@@ -331,7 +333,11 @@ def _lr(step: int, config: FinetuneConfig) -> float:
 
 
 def _batches(
-    examples: Sequence[Example], size: int, rng: random.Random, vocab: CompactVocab | None
+    examples: Sequence[Example],
+    size: int,
+    rng: random.Random,
+    vocab: CompactVocab | None,
+    bucket: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """Endless shuffled batches: tokens (B, T) right-padded, loss mask (B, T), real tokens."""
     order: list[int] = []
@@ -340,6 +346,13 @@ def _batches(
             fresh = list(range(len(examples)))
             rng.shuffle(fresh)
             order += fresh
+            if bucket:  # sort windows of 32 batches by length, then shuffle the batches
+                windows = [sorted(order[i : i + 32 * size], key=lambda j: len(examples[j].tokens))
+                           for i in range(0, len(order), 32 * size)]  # fmt: skip
+                cut = [w[i : i + size] for w in windows for i in range(0, len(w), size)]
+                full = [b for b in cut if len(b) == size]
+                rng.shuffle(full)
+                order = [j for b in full + [b for b in cut if len(b) < size] for j in b]
         chosen, order = [examples[i] for i in order[:size]], order[size:]
         t = max(len(e.tokens) for e in chosen)
         tokens = torch.zeros(len(chosen), t, dtype=torch.long)
