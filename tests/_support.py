@@ -243,6 +243,20 @@ def live_server(app: Any) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+def in_turn(gens: list[Iterator[int]]) -> list[list[int]]:
+    """Consume token generators in turn from one thread: their sequences decode in shared
+    steps of the engine."""
+    outs: list[list[int]] = [[] for _ in gens]
+    live = set(range(len(gens)))
+    while live:
+        for i in sorted(live):
+            try:
+                outs[i].append(next(gens[i]))
+            except StopIteration:
+                live.discard(i)
+    return outs
+
+
 # -- the OpenAI-compatible server --------------------------------------------------------------
 
 GREETING = (

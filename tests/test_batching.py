@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from _support import in_turn
 
 from harmony_agent.model import Sampling, load_model
 from harmony_agent.model.checkpoint import write_random_checkpoint
@@ -61,18 +61,6 @@ def round_robin(model: GptOss, requests: list[tuple[list[int], int, Sampling]]) 
     return in_turn(
         [model.generate(p, stop_tokens=[], max_tokens=n, sampling=s) for p, n, s in requests]
     )
-
-
-def in_turn(gens: list[Iterator[int]]) -> list[list[int]]:
-    outs: list[list[int]] = [[] for _ in gens]
-    live = set(range(len(gens)))
-    while live:
-        for i in sorted(live):
-            try:
-                outs[i].append(next(gens[i]))
-            except StopIteration:
-                live.discard(i)
-    return outs
 
 
 def test_batched_greedy_equals_each_alone(folder: Path) -> None:

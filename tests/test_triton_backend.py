@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _support import in_turn
 
 from harmony_agent.model import Sampling, load_model
 from harmony_agent.model.checkpoint import write_random_checkpoint
@@ -60,18 +61,8 @@ def load(
 
 
 def round_robin(model: GptOss, prompts: list[list[int]], n: list[int]) -> list[list[int]]:
-    """Consume the generators in turn from one thread: they decode in shared steps."""
-    gens = [model.generate(p, stop_tokens=[], max_tokens=m, sampling=GREEDY)
-            for p, m in zip(prompts, n, strict=True)]  # fmt: skip
-    outs: list[list[int]] = [[] for _ in gens]
-    live = set(range(len(gens)))
-    while live:
-        for i in sorted(live):
-            try:
-                outs[i].append(next(gens[i]))
-            except StopIteration:
-                live.discard(i)
-    return outs
+    return in_turn([model.generate(p, stop_tokens=[], max_tokens=m, sampling=GREEDY)
+                    for p, m in zip(prompts, n, strict=True)])  # fmt: skip
 
 
 def alone(model: GptOss, prompt: list[int], n: int) -> list[int]:
