@@ -156,18 +156,19 @@ class BatchEngine:
             self._admit()
             decoding = [s for s in self._running if s.pending == 1]
             prefilling = [s for s in self._running if s.pending > 1]
-        decoding = self._make_room(decoding)
-        results: list[tuple[_Sequence, int]] = []
-        if decoding:
-            results += self._decode(decoding)
-        budget = self.prefill_chunk  # prompt tokens per step, oldest prompts first
+        chunks, budget = [], self.prefill_chunk  # prompt tokens per step, oldest prompts first
         for seq in prefilling:
             if budget <= 0:
                 break
-            if seq.table is not None:  # (not preempted just now)
-                n = min(budget, seq.pending)
+            chunks.append((seq, min(budget, seq.pending)))
+            budget -= chunks[-1][1]
+        kept = self._make_room([(s, 1) for s in decoding] + chunks)
+        results: list[tuple[_Sequence, int]] = []
+        if decoding := [s for s in decoding if s in kept]:
+            results += self._decode(decoding)
+        for seq, n in chunks:
+            if seq in kept:
                 results += self._prefill(seq, n)
-                budget -= n
         with self._cond:
             for seq, token in results:
                 self._emit(seq, token)
@@ -180,7 +181,8 @@ class BatchEngine:
                 self._waiting.popleft()
                 continue
             table = self.pool.match(seq.tokens, limit=len(seq.tokens) - 1)
-            if not self.pool.reserve(table, len(seq.tokens)):
+            # the whole prompt's full-attention pages; sliding-window ones as each chunk runs
+            if not self.pool.reserve(table, len(seq.tokens), writing=table.length):
                 self.pool.release(table, cache=False)  # (a copied page kept would evict others)
                 return
             self._waiting.popleft()
@@ -190,20 +192,22 @@ class BatchEngine:
             seq.table = table
             self._running.append(seq)
 
-    def _make_room(self, decoding: list[_Sequence]) -> list[_Sequence]:
-        """Each decoding sequence gets a page for its next position, preempting the newest."""
-        kept = []
-        for seq in decoding:
+    def _make_room(self, work: list[tuple[_Sequence, int]]) -> set[_Sequence]:
+        """Each sequence gets the pages for its next `n` positions, in order, preempting the
+        newest running ones where the pool lacks them; the sequences that keep their place."""
+        kept = set()
+        for seq, n in work:
             if seq.table is None:  # preempted for an earlier one
                 continue
-            while not self.pool.reserve(seq.table, len(seq.tokens)):
+            end = seq.table.length + n
+            while not self.pool.reserve(seq.table, max(end, len(seq.tokens)), writing=end):
                 victim = self._running[-1]
                 self._preempt(victim)
                 if victim is seq:
                     break
             else:
-                kept.append(seq)
-        return [s for s in kept if s.table is not None]
+                kept.add(seq)
+        return {s for s in kept if s.table is not None}
 
     def _preempt(self, seq: _Sequence) -> None:
         with self._cond:

@@ -15,7 +15,7 @@ import torch
 
 from .batching import BatchEngine, EngineStats
 from .config import ModelConfig
-from .kv_pages import PAGE_SIZE, PagePool
+from .kv_pages import PAGE_SIZE, PagePool, layer_groups
 from .one_sequence import OneSequence
 from .protocol import Sampling
 from .transformer import KVCache, Transformer
@@ -26,8 +26,10 @@ class GptOss:
     """A loaded gpt-oss model: `.logits(tokens)` and `.generate(prompt, ...)` (the Model protocol).
 
     `cache_tokens` (batching only) sizes the page pool that all sequences share: the running
-    ones' tokens and the cached prefixes of finished ones. It must hold at least `max_context`
-    so that any one sequence fits; the default, twice that, keeps two long conversations cached.
+    ones' tokens and the cached prefixes of finished ones, as that many positions of every
+    layer. Sliding-window layers hold only their window of a running sequence, so the pool holds
+    more tokens than that. It must hold at least `max_context` so that any one sequence fits;
+    the default, twice that, keeps two long conversations cached.
     `cuda_graph` (Triton backend): decode steps replayed as CUDA graphs, by either engine.
     """
 
@@ -72,8 +74,9 @@ class GptOss:
         with self._lock:
             if self._engine is None:
                 if self.batching:
-                    pool = PagePool(self.config, -(-self.cache_tokens // PAGE_SIZE), self.device,
-                                    self.dtype)  # fmt: skip
+                    # cache_tokens positions of every layer, in pages of one group of layers each
+                    pages = len(layer_groups(self.config)) * -(-self.cache_tokens // PAGE_SIZE)
+                    pool = PagePool(self.config, pages, self.device, self.dtype)
                     forward: Transformer | PagedDecodeGraphs = self.transformer
                     if self._cuda_graph:
                         forward = PagedDecodeGraphs(self.transformer, max_context=self.max_context,

@@ -134,7 +134,7 @@ def test_when_pages_run_out_sequences_queue_or_are_preempted_and_stay_exact(
     got = round_robin(m, [(p, 40, GREEDY) for p in ps])
     assert got == [alone(folder, p, 40) for p in ps]
     pool = m.engine.pool
-    assert isinstance(pool, PagePool) and pool.num_pages == 4
+    assert isinstance(pool, PagePool) and pool.num_pages == 8  # 4 of each layer group
     assert pool.nbytes() == 2 * CONFIG.num_hidden_layers * 128 * 2 * 16 * 4  # the bound, fp32
 
 
@@ -152,6 +152,43 @@ def test_lru_eviction_keeps_the_recent_prefix(folder: Path) -> None:
         alone(folder, old, 4)
     )
     assert m.stats.reused_tokens - before < len(old) - 1
+
+
+def test_sliding_window_layers_hold_only_their_window(folder: Path) -> None:
+    # 8 pages of each layer group (256 positions): before, two sequences of 180 tokens needed 6
+    # pages of every layer each and ran one after the other; now each holds 6 full-attention
+    # pages and one or two of the sliding-window layers (window 8), so both run at once
+    m = fresh(folder, max_context=256, cache_tokens=256)
+    ps = [(p * 8)[:120] for p in prompts(2, seed=12)]
+    pool = m.engine.pool
+    assert isinstance(pool, PagePool) and pool.num_pages == 16
+    gens = [m.generate(p, stop_tokens=[], max_tokens=60, sampling=GREEDY) for p in ps]
+    got: list[list[int]] = [[], []]
+    for _ in range(30):
+        for out, gen in zip(got, gens, strict=True):
+            out.append(next(gen))
+    assert pool.num_pages - pool.available() <= 2 * (pool.pages_for(120 + 60) + 2)
+    for out, gen in zip(got, gens, strict=True):
+        out.extend(gen)
+    assert m.stats.decode_tokens / m.stats.decode_steps > 1.5  # they decoded together
+    assert got == [alone(folder, p, 60) for p in ps]
+
+
+def test_a_prefix_is_reused_while_the_window_before_its_end_is_cached(folder: Path) -> None:
+    m = fresh(folder, max_context=256, cache_tokens=256)  # 8 pages of each group
+    rng = random.Random(13)
+    a = [rng.randrange(96) for _ in range(150)]
+    list(m.generate(a, stop_tokens=[], max_tokens=2, sampling=GREEDY))
+    # A's first sliding-window pages were let go as it moved past them: the oldest cache. A
+    # prompt of 110 tokens takes the 6 free pages, then evicts those two.
+    b = [rng.randrange(96) for _ in range(110)]
+    list(m.generate(b, stop_tokens=[], max_tokens=1, sampling=GREEDY))
+    for cut, reused in ((80, 80), (40, 0)):  # at 40 the window before it was evicted
+        diverged = [*a[:cut], (a[cut] + 1) % 96, *a[cut + 1 :]]
+        before = m.stats.reused_tokens
+        got = list(m.generate(diverged, stop_tokens=[], max_tokens=4, sampling=GREEDY))
+        assert m.stats.reused_tokens - before == reused
+        assert got == alone(folder, diverged, 4)
 
 
 def test_32_threads_at_once_equal_their_sequential_runs(folder: Path) -> None:
