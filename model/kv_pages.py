@@ -192,11 +192,12 @@ class PagePool:
     def _window_held(self, found: list[list[int]], k: int, end: int) -> bool:
         """Whether the first k pages of `found` hold each sliding-window group's window before
         position `end`."""
-        for g, group in enumerate(self.groups):
-            if group.window is not None:
-                if any(found[j][g] == _NONE for j in range(self._first_page(group, end), k)):
-                    return False
-        return True
+        return all(
+            found[j][g] != _NONE
+            for g, group in enumerate(self.groups)
+            if group.window is not None
+            for j in range(self._first_page(group, end), k)
+        )
 
     def _first_page(self, group: LayerGroup, end: int) -> int:
         """The first page a query at position `end` reads in the group's layers."""
