@@ -46,6 +46,23 @@ def test_mxfp4_linear_matches_dequantised_matmul(isa: str, rows: int, dtype: tor
     torch.testing.assert_close(got.float(), ref, atol=tol * ref.abs().max().item(), rtol=tol)
 
 
+def test_bf16_inputs_lose_far_less_than_their_own_rounding_in_the_int16_kernel(isa: str) -> None:
+    # bf16 inputs run the int16 kernel: its rounding of x must stay far below the output's bf16
+    # rounding (2**-9 relative), across blocks of very different scales
+    g = torch.Generator().manual_seed(5)
+    blocks = torch.randint(0, 256, (64, 90, 16), generator=g, dtype=torch.uint8)  # in 2880
+    scales = torch.randint(110, 135, (64, 90), generator=g).to(torch.uint8)
+    x = (torch.randn(3, 2880, generator=g) * torch.rand(3, 2880, generator=g) ** 4).bfloat16()
+    ref = x.double() @ dequantize(blocks, scales, torch.float32).double().T
+    got = cpu_kernels.mxfp4_linear(x.float().bfloat16(), blocks, scales)
+    exact = cpu_kernels.mxfp4_linear(x.float(), blocks, scales)  # the fp32 kernel, for scale
+    unrounded = cpu_kernels._load().mxfp4_linear_q16(x.float().contiguous(), blocks, scales)
+    scale = ref.abs().max().item()
+    assert (unrounded.double() - ref).abs().max().item() < 2e-4 * scale
+    assert (exact.double() - ref).abs().max().item() < 1e-6 * scale
+    assert (got.double() - ref).abs().max().item() < 2**-8 * scale
+
+
 def test_mxfp4_linear_on_strided_expert_views(isa: str) -> None:
     g = torch.Generator().manual_seed(0)
     blocks = torch.randint(0, 256, (3, 8, 2, 16), generator=g, dtype=torch.uint8)
