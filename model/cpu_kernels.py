@@ -82,9 +82,34 @@ static inline __m256 fp4x8(__m256i code, __m256 lut) {
   const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(code, _mm256_set1_epi32(8)), 28);
   return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
 }
-static inline __m256 bf16x8(const uint16_t* p) {
-  const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+// 16 bf16 weights as fp32: the even ones (low halves of 32-bit lanes) shifted up, the odd ones
+// (high halves) masked; ALU work only, no shuffles, and x split the same way once per call
+static inline __m256 bf16_even(__m256i v) { return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)); }
+static inline __m256 bf16_odd(__m256i v) {
+  return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xFFFF0000u))));
+}
+// x @ two weight rows for TN token rows of the split x (see bf16_linear): fp32 sums in s0, s1
+template <int TN>
+static inline void bf16_tile(const uint16_t* w0, const uint16_t* w1, const float* xs, int64_t K,
+                             int64_t K16, float* s0, float* s1) {
+  __m256 a0[TN], a1[TN];
+  for (int i = 0; i < TN; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K16; k += 16) {
+    const __m256i r0 = _mm256_loadu_si256((const __m256i*)(w0 + k));
+    const __m256i r1 = _mm256_loadu_si256((const __m256i*)(w1 + k));
+    const __m256 e0 = bf16_even(r0), d0 = bf16_odd(r0);
+    const __m256 e1 = bf16_even(r1), d1 = bf16_odd(r1);
+    for (int i = 0; i < TN; ++i) {
+      const float* xg = xs + i * K + k;
+      const __m256 xe = _mm256_loadu_ps(xg), xo = _mm256_loadu_ps(xg + 8);
+      a0[i] = _mm256_fmadd_ps(d0, xo, _mm256_fmadd_ps(e0, xe, a0[i]));
+      a1[i] = _mm256_fmadd_ps(d1, xo, _mm256_fmadd_ps(e1, xe, a1[i]));
+    }
+  }
+  for (int i = 0; i < TN; ++i) {
+    s0[i] = hsum(a0[i]);
+    s1[i] = hsum(a1[i]);
+  }
 }
 #endif
 #if defined(HA_AVX512)
@@ -290,6 +315,46 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w) {
   const float* xp = x.data_ptr<float>();
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   float* yp = y.data_ptr<float>();
+#if defined(HA_AVX2)
+  // x split per 16 columns: the 8 even ones, then the 8 odd ones (see bf16_even / bf16_odd)
+  const int64_t K16 = K / 16 * 16;
+  std::vector<float> split(T * K);
+  float* xs = split.data();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K16; k += 16)
+      for (int j = 0; j < 8; ++j) {
+        xs[t * K + k + j] = xp[t * K + k + 2 * j];
+        xs[t * K + k + 8 + j] = xp[t * K + k + 2 * j + 1];
+      }
+  if (T == 1) {  // decode: four rows at a time keep enough loads in flight to stream the weights
+    at::parallel_for(0, (O + 3) / 4, 16, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const uint16_t* wr[4];
+        int64_t rows[4];
+        __m256 a[4];
+        for (int r = 0; r < 4; ++r) {
+          rows[r] = std::min(4 * p + r, O - 1);  // a short last group repeats the last row
+          wr[r] = wp + rows[r] * K;
+          a[r] = _mm256_setzero_ps();
+        }
+        for (int64_t k = 0; k < K16; k += 16) {
+          const __m256 xe = _mm256_loadu_ps(xs + k), xo = _mm256_loadu_ps(xs + k + 8);
+          for (int r = 0; r < 4; ++r) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(wr[r] + k));
+            a[r] = _mm256_fmadd_ps(bf16_even(v), xe, a[r]);
+            a[r] = _mm256_fmadd_ps(bf16_odd(v), xo, a[r]);
+          }
+        }
+        for (int r = 0; r < 4; ++r) {
+          float s = hsum(a[r]);
+          for (int64_t j = K16; j < K; ++j) s += bf16_to_float(wr[r][j]) * xp[j];
+          yp[rows[r]] = s;
+        }
+      }
+    });
+    return y;
+  }
+#endif
   constexpr int TILE = 4;
   at::parallel_for(0, (O + 1) / 2, 32, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
@@ -317,20 +382,14 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w) {
           s1[i] = _mm512_reduce_add_ps(a1[i]);
         }
 #elif defined(HA_AVX2)
-        __m256 a0[TILE], a1[TILE];
-        for (int i = 0; i < TILE; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
-        for (; k + 8 <= K; k += 8) {
-          const __m256 v0 = bf16x8(w0 + k), v1 = bf16x8(w1 + k);
-          for (int i = 0; i < tn; ++i) {
-            const __m256 xv = _mm256_loadu_ps(xp + (t0 + i) * K + k);
-            a0[i] = _mm256_fmadd_ps(v0, xv, a0[i]);
-            a1[i] = _mm256_fmadd_ps(v1, xv, a1[i]);
-          }
+        const float* xt = xs + t0 * K;
+        switch (tn) {  // a fixed count keeps the accumulators in registers
+          case 1: bf16_tile<1>(w0, w1, xt, K, K16, s0, s1); break;
+          case 2: bf16_tile<2>(w0, w1, xt, K, K16, s0, s1); break;
+          case 3: bf16_tile<3>(w0, w1, xt, K, K16, s0, s1); break;
+          default: bf16_tile<4>(w0, w1, xt, K, K16, s0, s1);
         }
-        for (int i = 0; i < tn; ++i) {
-          s0[i] = hsum(a0[i]);
-          s1[i] = hsum(a1[i]);
-        }
+        k = K16;
 #else
         for (int i = 0; i < tn; ++i) s0[i] = s1[i] = 0.f;
 #endif
@@ -364,7 +423,7 @@ _modules: dict[str, ModuleType | None] = {}
 
 
 def build_name(isa: str = "native") -> str:
-    return "harmony_agent_cpu_kernels_v4" + ("" if isa == "native" else f"_{isa}")
+    return "harmony_agent_cpu_kernels_v5" + ("" if isa == "native" else f"_{isa}")
 
 
 def _load() -> ModuleType | None:
