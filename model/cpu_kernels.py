@@ -74,6 +74,32 @@ static inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+// One weight row (G blocks) against TN rows of int16 x (regrouped per block): the sums of
+// scale * (integer block sum) in s
+template <int TN>
+static inline void q16_tile(const uint8_t* row, const uint8_t* srow, const int16_t* qt, int64_t G,
+                            const float* scale, float* s) {
+  const __m128i lut = _mm_loadu_si128((const __m128i*)FP4X2);
+  const __m128i low4 = _mm_set1_epi8(15);
+  __m256 acc[TN];
+  for (int i = 0; i < TN; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    const __m128i b = _mm_loadu_si128((const __m128i*)(row + g * 16));
+    // the 16 even weights (low nibbles), then the 16 odd ones, as int16
+    const __m256i we = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(lut, _mm_and_si128(b, low4)));
+    const __m256i wo =
+        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), low4)));
+    const __m256 sc = _mm256_set1_ps(scale[srow[g]]);
+    for (int i = 0; i < TN; ++i) {
+      const int16_t* qg = qt + (i * G + g) * 32;
+      const __m256i p = _mm256_add_epi32(
+          _mm256_madd_epi16(we, _mm256_loadu_si256((const __m256i*)qg)),
+          _mm256_madd_epi16(wo, _mm256_loadu_si256((const __m256i*)(qg + 16))));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[i]);
+    }
+  }
+  for (int i = 0; i < TN; ++i) s[i] = hsum(acc[i]);
+}
 #endif
 #if defined(HA_AVX2)
 // FP4 codes in the low 4 bits of 8 int32 lanes -> fp32: magnitude by table, sign by bit 3
@@ -254,7 +280,7 @@ torch::Tensor mxfp4_linear_q16(torch::Tensor x, torch::Tensor blocks, torch::Ten
   float scale[256];
   for (int i = 0; i < 256; ++i) scale[i] = std::ldexp(1.f, i - 127);
   at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
-    constexpr int TILE = 4;
+    constexpr int TILE = 8;  // token rows sharing each decoded block
     for (int64_t o = o0; o < o1; ++o) {
       const uint8_t* row = bp + o * G * 16;
       const uint8_t* srow = sp + o * G;
@@ -262,26 +288,18 @@ torch::Tensor mxfp4_linear_q16(torch::Tensor x, torch::Tensor blocks, torch::Ten
         const int tn = int(std::min<int64_t>(TILE, T - t0));
         const int16_t* qt = qp + t0 * G * 32;
 #if defined(HA_HAS_AVX2)
-        const __m128i lut = _mm_loadu_si128((const __m128i*)FP4X2);
-        const __m128i low4 = _mm_set1_epi8(15);
-        __m256 acc[TILE];
-        for (int i = 0; i < TILE; ++i) acc[i] = _mm256_setzero_ps();
-        for (int64_t g = 0; g < G; ++g) {
-          const __m128i b = _mm_loadu_si128((const __m128i*)(row + g * 16));
-          // the 16 even weights (low nibbles), then the 16 odd ones, as int16
-          const __m256i we = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(lut, _mm_and_si128(b, low4)));
-          const __m256i wo = _mm256_cvtepi8_epi16(
-              _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), low4)));
-          const __m256 sc = _mm256_set1_ps(scale[srow[g]]);
-          for (int i = 0; i < tn; ++i) {
-            const int16_t* qg = qt + (i * G + g) * 32;
-            const __m256i s = _mm256_add_epi32(
-                _mm256_madd_epi16(we, _mm256_loadu_si256((const __m256i*)qg)),
-                _mm256_madd_epi16(wo, _mm256_loadu_si256((const __m256i*)(qg + 16))));
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, acc[i]);
-          }
+        float s[TILE];
+        switch (tn) {  // a fixed count keeps the accumulators in registers
+          case 1: q16_tile<1>(row, srow, qt, G, scale, s); break;
+          case 2: q16_tile<2>(row, srow, qt, G, scale, s); break;
+          case 3: q16_tile<3>(row, srow, qt, G, scale, s); break;
+          case 4: q16_tile<4>(row, srow, qt, G, scale, s); break;
+          case 5: q16_tile<5>(row, srow, qt, G, scale, s); break;
+          case 6: q16_tile<6>(row, srow, qt, G, scale, s); break;
+          case 7: q16_tile<7>(row, srow, qt, G, scale, s); break;
+          default: q16_tile<8>(row, srow, qt, G, scale, s);
         }
-        for (int i = 0; i < tn; ++i) yp[(t0 + i) * O + o] = hsum(acc[i]) * dq[t0 + i];
+        for (int i = 0; i < tn; ++i) yp[(t0 + i) * O + o] = s[i] * dq[t0 + i];
 #else
         float acc[TILE] = {0.f};
         for (int64_t g = 0; g < G; ++g) {

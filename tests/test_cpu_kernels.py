@@ -10,7 +10,7 @@ import torch
 
 from harmony_agent.model import cpu_kernels
 from harmony_agent.model.mxfp4 import dequantize
-from harmony_agent.model.transformer import Linear
+from harmony_agent.model.transformer import FP32_GEMM_MIN_ROWS, Linear, attention, linear
 
 pytestmark = pytest.mark.skipif(
     not cpu_kernels.available(), reason="no C++ compiler for the kernels"
@@ -105,6 +105,26 @@ def test_the_model_uses_the_kernel_in_inference_and_torch_for_training() -> None
     )  # fmt: skip
     layer(x).float().sum().backward()  # with gradients: torch's product, which has a backward
     assert layer.weight.grad is not None
+
+
+def test_bf16_gemms_and_attention_stay_within_bf16_rounding_of_fp32() -> None:
+    # past the streaming kernel's rows (and in attention), bf16 products run in fp32 on CPUs
+    # without AVX-512 BF16: the result is fp32's, rounded once to bf16
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(48, 96, generator=g).bfloat16(), torch.randn(48, generator=g).bfloat16()
+    x = torch.randn(FP32_GEMM_MIN_ROWS + 8, 96, generator=g).bfloat16()
+    ref = x.double() @ w.double().T + b.double()
+    with torch.inference_mode():
+        got = linear(x, w, b)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), ref, atol=1e-6, rtol=2**-8)
+    q = torch.randn(1, 40, 8, 16, generator=g)
+    k, v = torch.randn(2, 1, 2, 40, 16, generator=g).unbind(0)
+    sinks = torch.randn(8, generator=g)
+    ref = attention(q.double(), k.double(), v.double(), sinks.double(), 0, 0, 8)
+    got = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), sinks, 0, 0, 8)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), ref, atol=2e-2, rtol=2e-2)
 
 
 def test_a_first_build_is_announced_and_a_cached_one_is_not(
