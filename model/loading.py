@@ -193,6 +193,10 @@ def _convert(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.devic
         return t.to(device)
     if name.endswith(("norm.scale", "sinks")):
         return t.to(device, torch.float32)
+    if name == "embedding.weight" and t.device == device and t.dtype == dtype:
+        # Read a row at a time in token order: rows of a mapped file would fault in from disk
+        # one by one (5-30 ms each when not cached), so it is read whole now.
+        return t.clone()
     # [out, in] row-major: a one-token decode reads each expert row contiguously (HF stores them
     # transposed)
     return t.to(device, dtype).contiguous()
