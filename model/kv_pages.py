@@ -379,7 +379,9 @@ class _PagedLayer:
     def slots(self, window: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The slots of the new tokens (B * T,), row by row; the slots each row attends to
         (B, S), padded at the end with slot 0; each row's first position attended to (B,)."""
-        assert window == self.batch.pool.groups[self.group].window
+        kept = self.batch.pool.groups[self.group].window
+        if window != kept:
+            raise ValueError(f"the layer attends to a window of {window}; the pages keep {kept}")
         return (self.batch.write(self.group), *self.batch.reads(self.group))
 
     def update(

@@ -197,6 +197,7 @@ def test_tool_choice_makes_the_model_call_the_named_function() -> None:
     [
         ({"type": "function", "function": {"name": "get_time"}}, "tool_choice.function.name"),
         ({"type": "file_search"}, "tool_choice.type"),
+        ({"type": [], "name": "get_weather"}, "tool_choice.type"),  # (was a 500, found by fuzzing)
         ("always", "tool_choice"),
     ],
 )

@@ -103,6 +103,8 @@ def tool_choice_of(value: Any, client: ClientTools, builtins: frozenset[str]) ->
         return "auto"
     if isinstance(value, dict):
         kind = value.get("type")
+        if not isinstance(kind, str):
+            raise bad_request("tool_choice.type", "expected a string")
         if kind == "function":
             function = value.get("function", value)
             name = function.get("name") if isinstance(function, dict) else None
