@@ -168,9 +168,11 @@ class PagePool:
                     self._copy_rows(src, dst, common)  # type: ignore[arg-type]
                     table.pages[g].append(dst)  # type: ignore[arg-type]
                 table.tokens.extend(tokens[k * size : end])
-            else:
-                self.release_pages(c for c in copies if c is not None)
             self.release_pages(partial)
+            if not all(c is not None for c in copies):  # a full pool: start from nothing
+                self.release_pages(c for c in copies if c is not None)
+                self.release(table, cache=False)
+                return self.table()
         return table
 
     def _continuations(self, root: bytes, chunk: Sequence[int]) -> tuple[list[int], int]:

@@ -191,6 +191,23 @@ def test_a_prefix_is_reused_while_the_window_before_its_end_is_cached(folder: Pa
         assert got == alone(folder, diverged, 4)
 
 
+def test_a_match_whose_copy_finds_no_page_takes_nothing(folder: Path) -> None:
+    # 4 pages, all cached: a 52-token sequence's two pages of each group. A prompt diverging in
+    # its second page takes the first whole page and needs two copies, but the pool has one
+    # (the evictable window page); without the copy, the table would start past a window it
+    # does not hold, so the match must give it nothing (and leak nothing)
+    pool = PagePool(CONFIG, 4, torch.device("cpu"), torch.float32)
+    a = list(range(52))
+    table = pool.match(a, limit=51)
+    assert pool.reserve(table, 52)
+    pool.commit(table, a)
+    pool.release(table)
+    b = [*a[:42], 95, 95]
+    table = pool.match(b, limit=len(b) - 1)
+    assert table.length == 0 and all(not pages for pages in table.pages)
+    assert pool.available() == pool.num_pages
+
+
 def test_32_threads_at_once_equal_their_sequential_runs(folder: Path) -> None:
     ps = prompts(32, seed=9, shared=20)
     want = {}
