@@ -71,7 +71,7 @@ def routing(t: int, e: int, a: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     ("t", "h", "i", "e", "a", "path"),
     [
         (1, 64, 64, 4, 2, "decode"),
-        (3, 160, 96, 6, 4, "decode"),  # several K chunks with a masked tail
+        (2, 160, 96, 6, 3, "decode"),  # several K chunks with a masked tail
         (9, 64, 64, 4, 2, "grouped"),  # BLOCK_M 16
         (40, 160, 96, 2, 2, "grouped"),  # BLOCK_M 64, experts with 40 rows
         (5, 64, 32, 8, 1, None),  # top-1, experts left unused
