@@ -199,8 +199,8 @@ class BatchEngine:
         for seq, n in work:
             if seq.table is None:  # preempted for an earlier one
                 continue
-            end = seq.table.length + n
-            while not self.pool.reserve(seq.table, max(end, len(seq.tokens)), writing=end):
+            end = seq.table.length + n  # (the full-attention pages cover the whole sequence)
+            while not self.pool.reserve(seq.table, len(seq.tokens), writing=end):
                 victim = self._running[-1]
                 self._preempt(victim)
                 if victim is seq:
