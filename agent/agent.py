@@ -189,12 +189,26 @@ class Agent:
     ) -> Iterator[AgentEvent]:
         """`astream` for plain scripts."""
         events = self.astream(prompt, history=history, transcript=transcript, context=context)
+        stepping: asyncio.Task[Any] | None = None
 
         async def step() -> tuple[bool, Any]:
+            nonlocal stepping
+            stepping = asyncio.current_task()
             try:
                 return True, await anext(events)
             except StopAsyncIteration:
                 return False, None
+            finally:
+                stepping = None
+
+        async def close() -> None:
+            # A Ctrl-C that lands after the runner scheduled a step but before it ran leaves that
+            # step to start now, inside the generator: cancel it first, or aclose() finds the
+            # generator running.
+            if stepping is not None:
+                stepping.cancel()
+                await asyncio.wait([stepping])
+            await events.aclose()
 
         try:
             while True:
@@ -203,7 +217,7 @@ class Agent:
                     return
                 yield event
         finally:
-            self._sync(events.aclose())
+            self._sync(close())
 
     def reset_tools(self) -> None:
         """`areset_tools` for plain scripts."""

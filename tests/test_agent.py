@@ -537,6 +537,30 @@ def test_abandoned_stream_leaves_the_agent_usable() -> None:
     assert agent.run("second").final == "The answer is 5."
 
 
+def test_ctrl_c_as_a_step_is_scheduled_leaves_the_agent_usable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ctrl-C lands where asyncio's runner has scheduled the next step but not run it (it checks
+    # the SIGINT handler there): the step then starts as the stream closes. The user must see
+    # the KeyboardInterrupt, not "aclose(): asynchronous generator is already running".
+    import signal
+
+    agent = Agent(ScriptedModel([FINAL, FINAL], delay=0.01), tools=[add])  # tokens come slowly
+    events = agent.stream("first")
+    while next(events).type != "final.delta":  # into the token stream
+        pass
+    getsignal = signal.getsignal
+
+    def interrupted(sig: int) -> object:
+        monkeypatch.setattr(signal, "getsignal", getsignal)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(signal, "getsignal", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        next(events)
+    assert agent.run("second").final == "The answer is 5."
+
+
 def test_close_releases_builtin_tools() -> None:
     notes = Notes()
     with Agent(ScriptedModel([FINAL]), tools=[notes]) as agent:
