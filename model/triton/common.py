@@ -95,6 +95,8 @@ def kernel_test_mode() -> Iterator[TestMode]:
         if mode == "interpret":
             # Imported lazily at the first launch, and only importable in interpreter mode.
             import triton.experimental.gluon  # noqa: F401
+
+            _patch_language_once_per_launch()
     finally:
         if old is None:
             os.environ.pop("TRITON_INTERPRET", None)
@@ -108,3 +110,48 @@ def triton_interprets() -> bool:
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(tl.sum, InterpretedFunction)
+
+
+def _patch_language_once_per_launch() -> None:
+    """Triton's interpreter patches `triton.language` again at every device-function call
+    (`_rows_dot`, `tl.sum`, ...): milliseconds each, a third of an interpreted model test. A
+    launch patches it at its start and restores it at its end, so within a launch a call whose
+    modules are already patched skips that. (The interpreter's internals, pinned by the test
+    extra's triton version: were they to change, this leaves them as they are.)"""
+    import inspect
+
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    patch, launch = getattr(interpreter, "_patch_lang", None), interpreter.GridExecutor.__call__
+    if patch is None or getattr(launch, "patches_once", False):
+        return
+    LANG = (tl, tl.core)
+    patched: set[int] = set()  # ids of the language modules this launch has patched
+    active = [False]
+    modules: dict[Any, set[int]] = {}  # function -> ids of the language modules it sees
+
+    class _Unchanged:
+        def restore(self) -> None:
+            pass
+
+    def patch_once(fn: Any) -> Any:
+        if (langs := modules.get(fn)) is None:
+            seen = fn.__globals__.values()
+            langs = modules[fn] = {id(v) for v in seen if inspect.ismodule(v) and v in LANG}
+        if active[0] and langs <= patched:
+            return _Unchanged()
+        patched.update(langs)
+        return patch(fn)
+
+    def launch_patching_once(self: Any, *args: Any, **kwargs: Any) -> Any:
+        active[0] = True
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            active[0] = False
+            patched.clear()
+
+    launch_patching_once.patches_once = True  # type: ignore[attr-defined]
+    interpreter._patch_lang = patch_once
+    interpreter.GridExecutor.__call__ = launch_patching_once
