@@ -4,6 +4,10 @@
   Dequantising whole experts to bf16 first costs more than the matmul. Decoding each weight to
   fp32 is what bounds it, so bf16 inputs take an int16 path whose block sums are integer
   (2.7x faster at one row on AVX2); fp32 inputs keep the fp32 one.
+- `moe_mxfp4`: the routed experts of a set of bf16 tokens (both products, SwiGLU, the gated sum)
+  in one call: the int16 products, one parallel loop over all the experts' rows each.
+- `paged_attention`: decode attention of a batch over its keys where they lie in the cache
+  pages: no gathered copy of every row's keys and values, no mask tensors.
 - `bf16_linear`: y = x @ W.T with W in bf16, for a few rows of x (decode, batched decode). On
   CPUs without AVX-512 BF16, torch's bf16 matrix-vector product runs far below memory
   bandwidth and its bf16 GEMM for a handful of rows slower still.
@@ -49,6 +53,16 @@ static const float FP4[16] = {0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f,
                               -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
 // twice the FP4 values: integers, so products with int16 inputs sum exactly in int32
 static const int8_t FP4X2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// 2^(s - 127) for each MXFP4 scale byte s
+static const float* e8m0_scales() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(256);
+    for (int i = 0; i < 256; ++i) t[i] = std::ldexp(1.f, i - 127);
+    return t;
+  }();
+  return table.data();
+}
 
 std::string isa() {
 #if defined(HA_AVX512)
@@ -165,8 +179,7 @@ torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor 
   float* yp = y.data_ptr<float>();
   const uint8_t* bp = blocks.data_ptr<uint8_t>();
   const uint8_t* sp = scales.data_ptr<uint8_t>();
-  float scale[256];  // 2^(s - 127)
-  for (int i = 0; i < 256; ++i) scale[i] = std::ldexp(1.f, i - 127);
+  const float* scale = e8m0_scales();
   at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
 #if defined(HA_AVX512)
     constexpr int TILE = 8;  // token rows sharing each decoded block
@@ -248,78 +261,196 @@ torch::Tensor mxfp4_linear(torch::Tensor x, torch::Tensor blocks, torch::Tensor 
   return y;
 }
 
-// As mxfp4_linear for inputs of 16 bits or less (bf16): each row of x as int16 (scale
-// max|x| / 32767, so the rounding is at most 1/128 of the bf16 rounding of that largest
-// input), the weights as twice their FP4 value (-12..12). A block's products then sum exactly
-// in int32 (pmaddwd), with one float multiply-add a block and row: 2-3x the speed of the exact
-// kernel, which decodes each weight to fp32.
+// Rows of x (K = 32 G wide) as int16, scale max|x| / 32767 (so the rounding is at most 1/128 of
+// the bf16 rounding of that largest input), regrouped per block as in mxfp4_linear: q (T, G, 32)
+// and each row's factor dq (half its scale: the weights below are twice their FP4 value).
+static void quantize_q16(const float* xp, int64_t T, int64_t G, int16_t* qp, float* dq) {
+  const int64_t K = G * 32;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = xp + t * K;
+    float m = 0.f;
+    for (int64_t k = 0; k < K; ++k) m = std::max(m, std::fabs(xr[k]));
+    const float d = m > 0.f ? m / 32767.f : 1.f, inv = 1.f / d;
+    dq[t] = d * .5f;
+    int16_t* qr = qp + t * K;
+    for (int64_t g = 0; g < G; ++g)
+      for (int j = 0; j < 16; ++j) {
+        qr[g * 32 + j] = int16_t(std::lrintf(xr[g * 32 + 2 * j] * inv));
+        qr[g * 32 + 16 + j] = int16_t(std::lrintf(xr[g * 32 + 2 * j + 1] * inv));
+      }
+  }
+}
+
+// Weight rows o0..o1 (packed: bp (O, G, 16), sp (O, G)) against T rows of quantize_q16's output:
+// y[t * ldy + o] = dq[t] * sum over blocks of scale * (the block's integer sum).
+static void q16_rows(const uint8_t* bp, const uint8_t* sp, int64_t G, int64_t o0, int64_t o1,
+                     const int16_t* qp, const float* dq, int64_t T, float* yp, int64_t ldy) {
+  const float* scale = e8m0_scales();
+  constexpr int TILE = 8;  // token rows sharing each decoded block
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t* row = bp + o * G * 16;
+    const uint8_t* srow = sp + o * G;
+    for (int64_t t0 = 0; t0 < T; t0 += TILE) {
+      const int tn = int(std::min<int64_t>(TILE, T - t0));
+      const int16_t* qt = qp + t0 * G * 32;
+#if defined(HA_HAS_AVX2)
+      float s[TILE];
+      switch (tn) {  // a fixed count keeps the accumulators in registers
+        case 1: q16_tile<1>(row, srow, qt, G, scale, s); break;
+        case 2: q16_tile<2>(row, srow, qt, G, scale, s); break;
+        case 3: q16_tile<3>(row, srow, qt, G, scale, s); break;
+        case 4: q16_tile<4>(row, srow, qt, G, scale, s); break;
+        case 5: q16_tile<5>(row, srow, qt, G, scale, s); break;
+        case 6: q16_tile<6>(row, srow, qt, G, scale, s); break;
+        case 7: q16_tile<7>(row, srow, qt, G, scale, s); break;
+        default: q16_tile<8>(row, srow, qt, G, scale, s);
+      }
+      for (int i = 0; i < tn; ++i) yp[(t0 + i) * ldy + o] = s[i] * dq[t0 + i];
+#else
+      float acc[TILE] = {0.f};
+      for (int64_t g = 0; g < G; ++g) {
+        const float sc = scale[srow[g]];
+        for (int i = 0; i < tn; ++i) {
+          const int16_t* qg = qt + (i * G + g) * 32;
+          int32_t s = 0;
+          for (int j = 0; j < 16; ++j) {
+            const uint8_t byte = row[g * 16 + j];
+            s += FP4X2[byte & 15] * qg[j] + FP4X2[byte >> 4] * qg[16 + j];
+          }
+          acc[i] += float(s) * sc;
+        }
+      }
+      for (int i = 0; i < tn; ++i) yp[(t0 + i) * ldy + o] = acc[i] * dq[t0 + i];
+#endif
+    }
+  }
+}
+
+// As mxfp4_linear for inputs of 16 bits or less (bf16), through quantize_q16: a block's
+// products sum exactly in int32 (pmaddwd), with one float multiply-add a block and row: 2-3x the
+// speed of the exact kernel, which decodes each weight to fp32.
 torch::Tensor mxfp4_linear_q16(torch::Tensor x, torch::Tensor blocks, torch::Tensor scales) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 2, "x: fp32 (T, K)");
   TORCH_CHECK(blocks.is_contiguous() && scales.is_contiguous(), "blocks/scales contiguous");
   const int64_t O = blocks.size(0), G = blocks.size(1), T = x.size(0), K = G * 32;
   TORCH_CHECK(x.size(1) == K, "x has ", x.size(1), " columns, the weight ", K);
   auto q = torch::empty({T, G, 32}, x.options().dtype(torch::kInt16));
-  const float* xp = x.data_ptr<float>();
-  int16_t* qp = q.data_ptr<int16_t>();
-  std::vector<float> dq(T);  // y = dq[t] * sum over blocks of scale * (int block sum)
-  for (int64_t t = 0; t < T; ++t) {
-    float m = 0.f;
-    for (int64_t k = 0; k < K; ++k) m = std::max(m, std::fabs(xp[t * K + k]));
-    const float d = m > 0.f ? m / 32767.f : 1.f, inv = 1.f / d;
-    dq[t] = d * .5f;
-    for (int64_t g = 0; g < G; ++g)  // regrouped per block as in mxfp4_linear
-      for (int j = 0; j < 16; ++j) {
-        qp[(t * G + g) * 32 + j] = int16_t(std::lrintf(xp[t * K + g * 32 + 2 * j] * inv));
-        qp[(t * G + g) * 32 + 16 + j] = int16_t(std::lrintf(xp[t * K + g * 32 + 2 * j + 1] * inv));
-      }
-  }
+  std::vector<float> dq(T);
+  quantize_q16(x.data_ptr<float>(), T, G, q.data_ptr<int16_t>(), dq.data());
   auto y = torch::empty({T, O}, x.options());
-  float* yp = y.data_ptr<float>();
   const uint8_t* bp = blocks.data_ptr<uint8_t>();
   const uint8_t* sp = scales.data_ptr<uint8_t>();
-  float scale[256];
-  for (int i = 0; i < 256; ++i) scale[i] = std::ldexp(1.f, i - 127);
   at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
-    constexpr int TILE = 8;  // token rows sharing each decoded block
-    for (int64_t o = o0; o < o1; ++o) {
-      const uint8_t* row = bp + o * G * 16;
-      const uint8_t* srow = sp + o * G;
-      for (int64_t t0 = 0; t0 < T; t0 += TILE) {
-        const int tn = int(std::min<int64_t>(TILE, T - t0));
-        const int16_t* qt = qp + t0 * G * 32;
-#if defined(HA_HAS_AVX2)
-        float s[TILE];
-        switch (tn) {  // a fixed count keeps the accumulators in registers
-          case 1: q16_tile<1>(row, srow, qt, G, scale, s); break;
-          case 2: q16_tile<2>(row, srow, qt, G, scale, s); break;
-          case 3: q16_tile<3>(row, srow, qt, G, scale, s); break;
-          case 4: q16_tile<4>(row, srow, qt, G, scale, s); break;
-          case 5: q16_tile<5>(row, srow, qt, G, scale, s); break;
-          case 6: q16_tile<6>(row, srow, qt, G, scale, s); break;
-          case 7: q16_tile<7>(row, srow, qt, G, scale, s); break;
-          default: q16_tile<8>(row, srow, qt, G, scale, s);
-        }
-        for (int i = 0; i < tn; ++i) yp[(t0 + i) * O + o] = s[i] * dq[t0 + i];
-#else
-        float acc[TILE] = {0.f};
-        for (int64_t g = 0; g < G; ++g) {
-          const float sc = scale[srow[g]];
-          for (int i = 0; i < tn; ++i) {
-            const int16_t* qg = qt + (i * G + g) * 32;
-            int32_t s = 0;
-            for (int j = 0; j < 16; ++j) {
-              const uint8_t byte = row[g * 16 + j];
-              s += FP4X2[byte & 15] * qg[j] + FP4X2[byte >> 4] * qg[16 + j];
-            }
-            acc[i] += float(s) * sc;
-          }
-        }
-        for (int i = 0; i < tn; ++i) yp[(t0 + i) * O + o] = acc[i] * dq[t0 + i];
-#endif
-      }
-    }
+    q16_rows(bp, sp, G, o0, o1, q.data_ptr<int16_t>(), dq.data(), T, y.data_ptr<float>(), O);
   });
   return y;
+}
+
+// A bias row entry, fp32 or bf16
+static inline float bias_at(const torch::Tensor& b, int64_t e, int64_t o) {
+  const int64_t i = e * b.size(1) + o;
+  if (b.scalar_type() == torch::kBFloat16)
+    return bf16_to_float(reinterpret_cast<const uint16_t*>(b.data_ptr<at::BFloat16>())[i]);
+  return b.data_ptr<float>()[i];
+}
+
+// Rows of all the experts in use, as one parallel loop: rows [u R, (u + 1) R) are expert
+// used[u]'s, against its tokens (rows first[u]..first[u + 1] of q) -> y (pairs, R).
+static void experts_q16(const torch::Tensor& blocks, const torch::Tensor& scales,
+                        const std::vector<int64_t>& used, const std::vector<int64_t>& first,
+                        const int16_t* q, const float* dq, float* y) {
+  const int64_t R = blocks.size(1), G = blocks.size(2);
+  const uint8_t* bp = blocks.data_ptr<uint8_t>();
+  const uint8_t* sp = scales.data_ptr<uint8_t>();
+  const int64_t n_used = int64_t(used.size());
+  at::parallel_for(0, n_used * R, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t u = r0 / R; u < n_used && u * R < r1; ++u) {
+      const int64_t e = used[u], a = std::max(r0, u * R) - u * R;
+      const int64_t b = std::min(r1, (u + 1) * R) - u * R;
+      const int64_t p = first[u], n = first[u + 1] - p;
+      q16_rows(bp + e * R * G * 16, sp + e * R * G, G, a, b, q + p * G * 32, dq + p, n, y + p * R,
+               R);
+    }
+  });
+}
+
+// The routed experts of T tokens in one call, for inputs of bf16 precision (as mxfp4_linear_q16):
+// x (T, H) fp32, ids (T, A) int64, gates (T, A) fp32; mlp1 (E, 2I, H/32, 16) packed with scales
+// and bias (E, 2I); mlp2 (E, H, I/32, 16) with scales and bias (E, H) -> (T, H) fp32, the sum
+// over a of gates[t, a] * mlp2(swiglu(mlp1(x[t]))) of expert ids[t, a]. The (token, expert) pairs
+// are grouped by expert, so each expert used is read once for all its tokens.
+torch::Tensor moe_q16(torch::Tensor x, torch::Tensor ids, torch::Tensor gates, torch::Tensor b1,
+                      torch::Tensor s1, torch::Tensor bias1, torch::Tensor b2, torch::Tensor s2,
+                      torch::Tensor bias2, double alpha, double limit) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 2, "x: fp32 (T, H)");
+  TORCH_CHECK(ids.dtype() == torch::kInt64 && ids.is_contiguous() && ids.dim() == 2, "ids (T, A)");
+  TORCH_CHECK(gates.dtype() == torch::kFloat32 && gates.is_contiguous(), "gates: fp32 (T, A)");
+  for (const auto* t : {&b1, &s1, &bias1, &b2, &s2, &bias2})
+    TORCH_CHECK(t->is_contiguous(), "experts contiguous");
+  const int64_t T = x.size(0), H = x.size(1), A = ids.size(1), E = b1.size(0);
+  const int64_t R1 = b1.size(1), G1 = b1.size(2), I = R1 / 2, G2 = b2.size(2);
+  TORCH_CHECK(G1 * 32 == H && b2.size(1) == H && G2 * 32 == I, "expert shapes do not fit x");
+  // pairs grouped by expert (a counting sort): pair[k] = t A + a
+  const int64_t P = T * A;
+  const int64_t* idp = ids.data_ptr<int64_t>();
+  std::vector<int64_t> count(E + 1, 0), pair(P);
+  for (int64_t k = 0; k < P; ++k) {
+    TORCH_CHECK(idp[k] >= 0 && idp[k] < E, "expert id ", idp[k], " out of range");
+    ++count[idp[k] + 1];
+  }
+  std::vector<int64_t> used, first{0};
+  for (int64_t e = 0; e < E; ++e) {
+    if (count[e + 1] > 0) {
+      used.push_back(e);
+      first.push_back(first.back() + count[e + 1]);
+    }
+    count[e + 1] += count[e];
+  }
+  for (int64_t k = 0; k < P; ++k) pair[count[idp[k]]++] = k;
+  // each pair's token, quantized
+  auto qx = torch::empty({P, G1, 32}, x.options().dtype(torch::kInt16));
+  std::vector<float> dqx(P);
+  {
+    auto qt = torch::empty({T, G1, 32}, qx.options());
+    std::vector<float> dqt(T);
+    quantize_q16(x.data_ptr<float>(), T, G1, qt.data_ptr<int16_t>(), dqt.data());
+    for (int64_t k = 0; k < P; ++k) {
+      const int64_t t = pair[k] / A;
+      std::memcpy(qx.data_ptr<int16_t>() + k * H, qt.data_ptr<int16_t>() + t * H, H * 2);
+      dqx[k] = dqt[t];
+    }
+  }
+  auto y1 = torch::empty({P, R1}, x.options());
+  experts_q16(b1, s1, used, first, qx.data_ptr<int16_t>(), dqx.data(), y1.data_ptr<float>());
+  // bias, then SwiGLU on interleaved columns (glu even, linear odd, both clamped), quantized
+  auto h = torch::empty({P, I}, x.options());
+  float* hp = h.data_ptr<float>();
+  const float* y1p = y1.data_ptr<float>();
+  const float lim = float(limit), al = float(alpha);
+  for (int64_t k = 0; k < P; ++k) {
+    const int64_t e = idp[pair[k]];
+    for (int64_t i = 0; i < I; ++i) {
+      const float glu = std::min(y1p[k * R1 + 2 * i] + bias_at(bias1, e, 2 * i), lim);
+      const float lin = y1p[k * R1 + 2 * i + 1] + bias_at(bias1, e, 2 * i + 1);
+      hp[k * I + i] = glu / (1.f + std::exp(-al * glu)) * (std::clamp(lin, -lim, lim) + 1.f);
+    }
+  }
+  auto qh = torch::empty({P, G2, 32}, qx.options());
+  std::vector<float> dqh(P);
+  quantize_q16(hp, P, G2, qh.data_ptr<int16_t>(), dqh.data());
+  auto y2 = torch::empty({P, H}, x.options());
+  experts_q16(b2, s2, used, first, qh.data_ptr<int16_t>(), dqh.data(), y2.data_ptr<float>());
+  // out[t] = sum over a of gates[t, a] (y2 + bias2), in the token's pair order
+  auto out = torch::zeros({T, H}, x.options());
+  float* op = out.data_ptr<float>();
+  const float* y2p = y2.data_ptr<float>();
+  const float* gp = gates.data_ptr<float>();
+  for (int64_t k = 0; k < P; ++k) {
+    const int64_t t = pair[k] / A, e = idp[pair[k]];
+    const float g = gp[pair[k]];
+    for (int64_t n = 0; n < H; ++n) op[t * H + n] += g * (y2p[k * H + n] + bias_at(bias2, e, n));
+  }
+  return out;
 }
 
 // x (T, K) fp32, w (O, K) bf16 -> y (T, O) fp32: each weight row read once for TILE rows of x,
@@ -426,9 +557,90 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w) {
   return y;
 }
 
+// Element i of a bf16 or fp32 cache row, as fp32
+template <typename T>
+static inline float cache_at(const T* p, int64_t i);
+template <>
+inline float cache_at<float>(const float* p, int64_t i) { return p[i]; }
+template <>
+inline float cache_at<uint16_t>(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
+
+template <typename T>
+static void paged_attention_rows(const float* qp, const T* kp, const T* vp, const int64_t ks[3],
+                                 const int64_t vs[3], const int64_t* rp, int64_t S,
+                                 const float* sinks, const int64_t* starts, const int64_t* firsts,
+                                 int64_t window, int64_t B, int64_t nh, int64_t nkv, int64_t hd,
+                                 float* op) {
+  const int64_t rep = nh / nkv;
+  const float scale = 1.f / std::sqrt(float(hd));
+  at::parallel_for(0, B * nh, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> p(S);
+    std::vector<float> acc(hd);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / nh, h = i % nh, g = h / rep;
+      // keys at positions firsts[b] + s: causal, and within the window before the query
+      const int64_t qpos = starts[b], lo = window > 0 ? std::max<int64_t>(0, qpos - window + 1) : 0;
+      const int64_t s0 = std::max<int64_t>(0, lo - firsts[b]);
+      const int64_t s1 = std::min<int64_t>(S, qpos - firsts[b] + 1);
+      const float* q = qp + (b * nh + h) * hd;
+      float m = sinks[h];  // the sink is one more softmax column, without a value
+      for (int64_t s = s0; s < s1; ++s) {
+        const T* kr = kp + rp[b * S + s] * ks[0] + g * ks[1];
+        float d = 0.f;
+        for (int64_t j = 0; j < hd; ++j) d += q[j] * cache_at(kr, j * ks[2]);
+        p[s] = d * scale;
+        m = std::max(m, p[s]);
+      }
+      float sum = std::exp(sinks[h] - m);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t s = s0; s < s1; ++s) {
+        const float w = std::exp(p[s] - m);
+        sum += w;
+        const T* vr = vp + rp[b * S + s] * vs[0] + g * vs[1];
+        for (int64_t j = 0; j < hd; ++j) acc[j] += w * cache_at(vr, j * vs[2]);
+      }
+      for (int64_t j = 0; j < hd; ++j) op[(b * nh + h) * hd + j] = acc[j] / sum;
+    }
+  });
+}
+
+// One query token per row (decode) attending over its keys where they lie in the cache pages:
+// q (B, nh, hd) fp32; k, v (slots, nkv, hd) bf16 or fp32, any strides; read (B, S) int64, the
+// slots of each row's keys (padded at the end); starts (B,) each row's query position, firsts
+// (B,) the position of its first key; sinks (nh,) fp32; window 0 for none -> (B, nh hd) fp32.
+torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor read,
+                              torch::Tensor sinks, torch::Tensor starts, torch::Tensor firsts,
+                              int64_t window) {
+  TORCH_CHECK(q.dtype() == torch::kFloat32 && q.is_contiguous() && q.dim() == 3, "q (B, nh, hd)");
+  TORCH_CHECK(k.dim() == 3 && v.dim() == 3 && k.dtype() == v.dtype(), "k, v: (slots, nkv, hd)");
+  TORCH_CHECK(k.dtype() == torch::kBFloat16 || k.dtype() == torch::kFloat32, "k, v: bf16 or fp32");
+  for (const auto* t : {&read, &starts, &firsts})
+    TORCH_CHECK(t->dtype() == torch::kInt64 && t->is_contiguous(), "read, starts, firsts: int64");
+  TORCH_CHECK(sinks.dtype() == torch::kFloat32 && sinks.is_contiguous(), "sinks: fp32 (nh,)");
+  const int64_t B = q.size(0), nh = q.size(1), hd = q.size(2), nkv = k.size(1), S = read.size(1);
+  TORCH_CHECK(k.size(2) == hd && nh % nkv == 0 && read.size(0) == B, "shapes do not fit");
+  const int64_t ks[3] = {k.stride(0), k.stride(1), k.stride(2)};
+  const int64_t vs[3] = {v.stride(0), v.stride(1), v.stride(2)};
+  auto o = torch::empty({B, nh * hd}, q.options());
+  const int64_t* rp = read.data_ptr<int64_t>();
+  const int64_t *sp = starts.data_ptr<int64_t>(), *fp = firsts.data_ptr<int64_t>();
+  const float *qp = q.data_ptr<float>(), *hp = sinks.data_ptr<float>();
+  float* op = o.data_ptr<float>();
+  if (k.dtype() == torch::kFloat32)
+    paged_attention_rows(qp, k.data_ptr<float>(), v.data_ptr<float>(), ks, vs, rp, S, hp, sp, fp,
+                         window, B, nh, nkv, hd, op);
+  else
+    paged_attention_rows(qp, reinterpret_cast<const uint16_t*>(k.data_ptr<at::BFloat16>()),
+                         reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>()), ks, vs, rp,
+                         S, hp, sp, fp, window, B, nh, nkv, hd, op);
+  return o;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mxfp4_linear", &mxfp4_linear);
   m.def("mxfp4_linear_q16", &mxfp4_linear_q16);
+  m.def("moe_q16", &moe_q16);
+  m.def("paged_attention", &paged_attention);
   m.def("bf16_linear", &bf16_linear);
   m.def("isa", &isa);
 }
@@ -441,7 +653,7 @@ _modules: dict[str, ModuleType | None] = {}
 
 
 def build_name(isa: str = "native") -> str:
-    return "harmony_agent_cpu_kernels_v5" + ("" if isa == "native" else f"_{isa}")
+    return "harmony_agent_cpu_kernels_v7" + ("" if isa == "native" else f"_{isa}")
 
 
 def _load() -> ModuleType | None:
@@ -516,6 +728,50 @@ def mxfp4_linear(
     if bias is not None:
         y += bias
     return y.to(x.dtype)
+
+
+def moe_mxfp4(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    gates: torch.Tensor,
+    mlp1: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    mlp2: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    alpha: float,
+    limit: float,
+) -> torch.Tensor:
+    """The routed MXFP4 experts of bf16 tokens x (T, H) in one call -> (T, H) in x's dtype:
+    sum over a of gates[t, a] * mlp2(swiglu(mlp1(x[t]))) of expert ids[t, a]. Each product is
+    the int16 path of `mxfp4_linear`, and one parallel loop over the rows of every expert used;
+    in between everything stays fp32 (no bf16 roundings of the hidden states).
+
+    mlp1 / mlp2: (blocks, scales, bias) of all experts, (E, out, in/32, 16), (E, out, in/32),
+    (E, out)."""
+    module = _load()
+    assert module is not None, "the CPU kernels are not available"
+    y = module.moe_q16(x.float().contiguous(), ids.contiguous(), gates.float().contiguous(),
+                       *mlp1, *mlp2, alpha, limit)  # fmt: skip
+    return y.to(x.dtype)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    read: torch.Tensor,
+    sinks: torch.Tensor,
+    starts: torch.Tensor,
+    firsts: torch.Tensor,
+    window: int | None,
+) -> torch.Tensor:
+    """One query token per row (decode) over its keys where they lie in the cache pages, as
+    `transformer.attention` computes it (fp32 scores, a sink logit per head): q (B, nh, hd),
+    k / v (slots, nkv, hd), read (B, S) each row's slots, starts / firsts (B,) the positions of
+    its query and first key -> (B, nh hd) in q's dtype."""
+    module = _load()
+    assert module is not None, "the CPU kernels are not available"
+    o = module.paged_attention(q.float().contiguous(), k, v, read, sinks.float().contiguous(),
+                               starts, firsts, window or 0)  # fmt: skip
+    return o.to(q.dtype)
 
 
 def bf16_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

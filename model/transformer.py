@@ -12,7 +12,7 @@ MoE sees the batch's tokens as one set, so each expert a step needs is read once
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -203,11 +203,29 @@ class AttentionBlock(nn.Module):
         q = apply_rope(q.view(b, t, self.nh, self.hd), cos, sin)
         k = apply_rope(k.view(b, t, self.nkv, self.hd), cos, sin).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(b, t, self.nkv, self.hd).transpose(1, 2)
+        if t == 1 and hasattr(kv, "slots") and _cpu_kernels_apply(x):
+            return self.out(self._attend_pages(q, k, v, start, kv))
         first = start  # position of the first key in k / v
         if kv is not None:
             k, v, first = kv.update(k, v, start, self.window)
         o = attention(q, k, v, self.sinks, start, first, self.window)  # (B, T, nh hd)
         return self.out(o)
+
+    def _attend_pages(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor, kv: Any
+    ) -> torch.Tensor:
+        """Decode rows (B, 1) of the batching engine, over its cache pages in place
+        (`cpu_kernels.paged_attention`): q (B, 1, nh, hd), k / v (B, nkv, 1, hd) -> (B, 1, nh hd).
+        """
+        b = q.shape[0]
+        write, read, firsts = kv.slots(self.window)
+        kv.k[write] = k.reshape(b, self.nkv, self.hd)
+        kv.v[write] = v.reshape(b, self.nkv, self.hd)
+        starts = start if isinstance(start, torch.Tensor) else torch.full_like(firsts, start)
+        q = q.reshape(b, self.nh, self.hd)
+        sinks, window = self.sinks, self.window
+        o = cpu_kernels.paged_attention(q, kv.k, kv.v, read, sinks, starts, firsts, window)
+        return o.view(b, 1, self.nh * self.hd)
 
 
 def attention(
@@ -283,6 +301,11 @@ class MLPBlock(nn.Module):
     def _moe(self, t: torch.Tensor) -> torch.Tensor:
         """Routed experts on normalised tokens t (T, H)."""
         ids, weights = self.route(t)  # (T, A) each
+        if isinstance(self.experts, MXFP4Experts) and _fused_moe(t):
+            e = self.experts
+            mlp1 = (e.mlp1_blocks, e.mlp1_scales, e.mlp1_bias)
+            mlp2 = (e.mlp2_blocks, e.mlp2_scales, e.mlp2_bias)
+            return cpu_kernels.moe_mxfp4(t, ids, weights, mlp1, mlp2, self.alpha, self.limit)
         flat = ids.flatten()  # (T A,)
         order = flat.argsort()
         counts = torch.bincount(flat, minlength=self.experts.num_experts).tolist()
@@ -405,6 +428,18 @@ def _mxfp4_linear(
     if x.device.type == "cpu" and fused and cpu_kernels.available():
         return cpu_kernels.mxfp4_linear(x, blocks, scales, bias)
     return linear(x, dequantize(blocks, scales, x.dtype), bias)
+
+
+def _cpu_kernels_apply(x: torch.Tensor) -> bool:
+    """Whether inference on x runs through `cpu_kernels`' fused ops: on a CPU, without autograd,
+    with the kernels built. Each replaces tens of small torch ops a layer."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and cpu_kernels.available()
+
+
+def _fused_moe(t: torch.Tensor) -> bool:
+    """Whether a MoE runs as one `cpu_kernels.moe_mxfp4` call: for bf16 tokens (its int16
+    products; fp32 keeps the exact per-expert kernel)."""
+    return t.dtype != torch.float32 and _cpu_kernels_apply(t)
 
 
 class Linear(nn.Linear):

@@ -72,6 +72,34 @@ def test_batched_greedy_equals_each_alone(folder: Path) -> None:
     assert m.stats.reused_tokens >= 32  # the shared prefix's first full page, at least
 
 
+def test_bf16_decode_through_the_fused_cpu_kernels_equals_each_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In bf16 the CPU decode runs the fused MoE and paged attention kernels: each row of a
+    step is its own computation there, so a batch still equals each sequence alone."""
+    from harmony_agent.model import cpu_kernels
+
+    if not cpu_kernels.available():
+        pytest.skip("no C++ compiler for the CPU kernels")
+    ckpt = write_random_checkpoint(tmp_path, CONFIG, mxfp4=True, dtype=torch.bfloat16, seed=5)
+    calls = {"moe_mxfp4": 0, "paged_attention": 0}
+    for name in calls:
+        kernel = getattr(cpu_kernels, name)
+
+        def counted(*args: object, kernel: object = kernel, name: str = name) -> object:
+            calls[name] += 1
+            return kernel(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(cpu_kernels, name, counted)
+    ps = prompts(4, seed=3, shared=20)
+    m = fresh(ckpt)
+    assert m.dtype == torch.bfloat16
+    got = round_robin(m, [(p, 10 + i, GREEDY) for i, p in enumerate(ps)])
+    assert m.stats.decode_tokens > m.stats.decode_steps
+    assert calls["moe_mxfp4"] > 0 and calls["paged_attention"] > 0
+    assert got == [alone(ckpt, p, 10 + i) for i, p in enumerate(ps)]
+
+
 def test_prefix_divergence_mid_page_reuses_exactly_the_common_tokens(folder: Path) -> None:
     m = fresh(folder)
     rng = random.Random(2)

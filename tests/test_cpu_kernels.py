@@ -1,5 +1,6 @@
-"""The CPU kernels against PyTorch: the MXFP4 linear against dequantise-then-matmul, the bf16
-linear against an fp32 matmul, for every instruction-set path this CPU can run."""
+"""The CPU kernels against PyTorch: the MXFP4 linear against dequantise-then-matmul, the fused
+MoE against its experts one by one, paged attention against attention over gathered keys, the
+bf16 linear against an fp32 matmul, for every instruction-set path this CPU can run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import torch
 
 from harmony_agent.model import cpu_kernels
 from harmony_agent.model.mxfp4 import dequantize
-from harmony_agent.model.transformer import FP32_GEMM_MIN_ROWS, Linear, attention, linear
+from harmony_agent.model.transformer import (
+    FP32_GEMM_MIN_ROWS,
+    Linear,
+    attention,
+    linear,
+    swiglu,
+)
 
 pytestmark = pytest.mark.skipif(
     not cpu_kernels.available(), reason="no C++ compiler for the kernels"
@@ -89,6 +96,66 @@ def test_bf16_linear_matches_an_fp32_matmul(isa: str, rows: int, out: int, width
     torch.testing.assert_close(
         got16.float(), x.bfloat16().float() @ w.float().T, atol=3e-2, rtol=1e-2
     )
+
+
+@pytest.mark.parametrize("tokens", [1, 13])  # 13: a tile of 8 and a tail, experts shared
+def test_fused_moe_matches_the_experts_one_by_one_and_each_token_alone(
+    isa: str, tokens: int
+) -> None:
+    g = torch.Generator().manual_seed(tokens)
+    e, hidden, inter, top = 6, 64, 96, 2
+    mlp1 = (torch.randint(0, 256, (e, 2 * inter, hidden // 32, 16), generator=g, dtype=torch.uint8),
+            torch.randint(118, 128, (e, 2 * inter, hidden // 32), generator=g).to(torch.uint8),
+            torch.randn(e, 2 * inter, generator=g).bfloat16())  # fmt: skip
+    mlp2 = (torch.randint(0, 256, (e, hidden, inter // 32, 16), generator=g, dtype=torch.uint8),
+            torch.randint(118, 128, (e, hidden, inter // 32), generator=g).to(torch.uint8),
+            torch.randn(e, hidden, generator=g).bfloat16())  # fmt: skip
+    x = torch.randn(tokens, hidden, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(e, generator=g)[:top] for _ in range(tokens)])
+    gates = torch.softmax(torch.randn(tokens, top, generator=g), -1)
+    got = cpu_kernels.moe_mxfp4(x, ids, gates, mlp1, mlp2, 1.702, 7.0)
+    w1, w2 = (dequantize(m[0], m[1], torch.float64) for m in (mlp1, mlp2))
+    ref = torch.zeros(tokens, hidden, dtype=torch.float64)
+    for t in range(tokens):
+        for a in range(top):
+            i = int(ids[t, a])
+            h = swiglu(w1[i] @ x[t].double() + mlp1[2][i].double(), 1.702, 7.0)
+            ref[t] += gates[t, a].double() * (w2[i] @ h + mlp2[2][i].double())
+    assert got.dtype == torch.bfloat16 and got.shape == (tokens, hidden)
+    torch.testing.assert_close(got.double(), ref, atol=2**-8 * ref.abs().max().item(), rtol=2**-7)
+    for t in range(tokens):  # a token's result does not depend on the others in its batch
+        one = cpu_kernels.moe_mxfp4(x[t : t + 1], ids[t : t + 1], gates[t : t + 1], mlp1, mlp2,
+                                    1.702, 7.0)  # fmt: skip
+        assert torch.equal(one[0], got[t])
+
+
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_attention_matches_attention_over_the_gathered_keys(
+    isa: str, dtype: torch.dtype, window: int | None
+) -> None:
+    g = torch.Generator().manual_seed(7)
+    nh, nkv, hd, slots = 4, 2, 16, 64
+    store = torch.randn(slots, 3, nkv, hd, generator=g).to(dtype)  # k and v: strided views
+    k, v = store[:, 0], store[:, 2]
+    starts = torch.tensor([6, 20, 0])
+    # row 0 holds its window's keys only; row 1 older ones too, which the window must mask
+    firsts = torch.tensor([0 if window is None else 6 - window + 1, 0, 0])
+    counts = (starts - firsts + 1).tolist()
+    width = max(counts)
+    read = torch.zeros(3, width, dtype=torch.int64)  # padded with slot 0 at the end
+    for b, n in enumerate(counts):
+        read[b, :n] = torch.randperm(slots, generator=g)[:n]
+    q = torch.randn(3, nh, hd, generator=g).to(dtype)
+    sinks = torch.randn(nh, generator=g)
+    got = cpu_kernels.paged_attention(q, k, v, read, sinks, starts, firsts, window)
+    assert got.dtype == dtype and got.shape == (3, nh * hd)
+    for b, n in enumerate(counts):
+        kb, vb = (c[read[b, :n]].transpose(0, 1).double() for c in (k, v))  # (nkv, n, hd)
+        ref = attention(q[b][None].double(), kb, vb, sinks.double(), int(starts[b]),
+                        int(firsts[b]), window)  # fmt: skip
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(got[b].double(), ref[0], atol=tol, rtol=tol)
 
 
 def test_the_model_uses_the_kernel_in_inference_and_torch_for_training() -> None:
