@@ -6,6 +6,7 @@
   (2.7x faster at one row on AVX2); fp32 inputs keep the fp32 one.
 - `moe_mxfp4`: the routed experts of a set of bf16 tokens (both products, SwiGLU, the gated sum)
   in one call: the int16 products, one parallel loop over all the experts' rows each.
+- `rms_norm`: RMSNorm of bf16 rows in one call.
 - `paged_attention`: decode attention of a batch over its keys where they lie in the cache
   pages: no gathered copy of every row's keys and values, no mask tensors.
 - `bf16_linear`: y = x @ W.T with W in bf16, for a few rows of x (decode, batched decode). On
@@ -455,7 +456,7 @@ torch::Tensor moe_q16(torch::Tensor x, torch::Tensor ids, torch::Tensor gates, t
 
 // x (T, K) fp32, w (O, K) bf16 -> y (T, O) fp32: each weight row read once for TILE rows of x,
 // two weight rows at a time so that two accumulator chains hide the FMA latency.
-torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w) {
+static torch::Tensor bf16_product(torch::Tensor x, torch::Tensor w) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 2, "x: fp32 (T, K)");
   TORCH_CHECK(w.dtype() == torch::kBFloat16 && w.is_contiguous() && w.dim() == 2, "w: bf16 (O, K)");
   const int64_t T = x.size(0), K = x.size(1), O = w.size(0);
@@ -557,25 +558,57 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w) {
   return y;
 }
 
-// Element i of a bf16 or fp32 cache row, as fp32
-template <typename T>
-static inline float cache_at(const T* p, int64_t i);
-template <>
-inline float cache_at<float>(const float* p, int64_t i) { return p[i]; }
-template <>
-inline float cache_at<uint16_t>(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
+// RMSNorm of rows x (T, H) fp32 with an fp32 scale (H,), in fp32
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor scale, double eps) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 2, "x: fp32 (T, H)");
+  TORCH_CHECK(scale.dtype() == torch::kFloat32 && scale.numel() == x.size(1), "scale: fp32 (H,)");
+  const int64_t T = x.size(0), H = x.size(1);
+  auto y = torch::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *sp = scale.contiguous().data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    float ss = 0.f;
+    for (int64_t j = 0; j < H; ++j) ss += xp[t * H + j] * xp[t * H + j];
+    const float r = 1.f / std::sqrt(ss / float(H) + float(eps));
+    for (int64_t j = 0; j < H; ++j) yp[t * H + j] = xp[t * H + j] * r * sp[j];
+  }
+  return y;
+}
+
+// x @ w.T + bias (fp32 or bf16): added here, where torch's mixed-dtype add of a bf16 bias to
+// the fp32 product costs some 50 us a call
+torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias) {
+  auto y = bf16_product(x, w);
+  if (bias.has_value()) {
+    const torch::Tensor b = bias->to(torch::kFloat32).contiguous();
+    TORCH_CHECK(b.numel() == y.size(1), "bias: (O,)");
+    float* yp = y.data_ptr<float>();
+    const float* bp = b.data_ptr<float>();
+    const int64_t T = y.size(0), O = y.size(1);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t o = 0; o < O; ++o) yp[t * O + o] += bp[o];
+  }
+  return y;
+}
+
+// A bf16 or fp32 cache row of hd values, as fp32 (contiguous: the loops below vectorise)
+static inline void cache_row(const float* p, int64_t hd, float* out) {
+  std::memcpy(out, p, hd * sizeof(float));
+}
+static inline void cache_row(const uint16_t* p, int64_t hd, float* out) {
+  for (int64_t j = 0; j < hd; ++j) out[j] = bf16_to_float(p[j]);
+}
 
 template <typename T>
-static void paged_attention_rows(const float* qp, const T* kp, const T* vp, const int64_t ks[3],
-                                 const int64_t vs[3], const int64_t* rp, int64_t S,
+static void paged_attention_rows(const float* qp, const T* kp, const T* vp, const int64_t ks[2],
+                                 const int64_t vs[2], const int64_t* rp, int64_t S,
                                  const float* sinks, const int64_t* starts, const int64_t* firsts,
                                  int64_t window, int64_t B, int64_t nh, int64_t nkv, int64_t hd,
                                  float* op) {
   const int64_t rep = nh / nkv;
   const float scale = 1.f / std::sqrt(float(hd));
   at::parallel_for(0, B * nh, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> p(S);
-    std::vector<float> acc(hd);
+    std::vector<float> p(S), acc(hd), row(hd);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / nh, h = i % nh, g = h / rep;
       // keys at positions firsts[b] + s: causal, and within the window before the query
@@ -585,9 +618,9 @@ static void paged_attention_rows(const float* qp, const T* kp, const T* vp, cons
       const float* q = qp + (b * nh + h) * hd;
       float m = sinks[h];  // the sink is one more softmax column, without a value
       for (int64_t s = s0; s < s1; ++s) {
-        const T* kr = kp + rp[b * S + s] * ks[0] + g * ks[1];
+        cache_row(kp + rp[b * S + s] * ks[0] + g * ks[1], hd, row.data());
         float d = 0.f;
-        for (int64_t j = 0; j < hd; ++j) d += q[j] * cache_at(kr, j * ks[2]);
+        for (int64_t j = 0; j < hd; ++j) d += q[j] * row[j];
         p[s] = d * scale;
         m = std::max(m, p[s]);
       }
@@ -596,8 +629,8 @@ static void paged_attention_rows(const float* qp, const T* kp, const T* vp, cons
       for (int64_t s = s0; s < s1; ++s) {
         const float w = std::exp(p[s] - m);
         sum += w;
-        const T* vr = vp + rp[b * S + s] * vs[0] + g * vs[1];
-        for (int64_t j = 0; j < hd; ++j) acc[j] += w * cache_at(vr, j * vs[2]);
+        cache_row(vp + rp[b * S + s] * vs[0] + g * vs[1], hd, row.data());
+        for (int64_t j = 0; j < hd; ++j) acc[j] += w * row[j];
       }
       for (int64_t j = 0; j < hd; ++j) op[(b * nh + h) * hd + j] = acc[j] / sum;
     }
@@ -605,9 +638,10 @@ static void paged_attention_rows(const float* qp, const T* kp, const T* vp, cons
 }
 
 // One query token per row (decode) attending over its keys where they lie in the cache pages:
-// q (B, nh, hd) fp32; k, v (slots, nkv, hd) bf16 or fp32, any strides; read (B, S) int64, the
-// slots of each row's keys (padded at the end); starts (B,) each row's query position, firsts
-// (B,) the position of its first key; sinks (nh,) fp32; window 0 for none -> (B, nh hd) fp32.
+// q (B, nh, hd) fp32; k, v (slots, nkv, hd) bf16 or fp32, any strides but hd's; read (B, S)
+// int64, the slots of each row's keys (padded at the end); starts (B,) each row's query
+// position, firsts (B,) that of its first key; sinks (nh,) fp32; window 0 for none
+// -> (B, nh hd) fp32.
 torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor read,
                               torch::Tensor sinks, torch::Tensor starts, torch::Tensor firsts,
                               int64_t window) {
@@ -619,8 +653,8 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
   TORCH_CHECK(sinks.dtype() == torch::kFloat32 && sinks.is_contiguous(), "sinks: fp32 (nh,)");
   const int64_t B = q.size(0), nh = q.size(1), hd = q.size(2), nkv = k.size(1), S = read.size(1);
   TORCH_CHECK(k.size(2) == hd && nh % nkv == 0 && read.size(0) == B, "shapes do not fit");
-  const int64_t ks[3] = {k.stride(0), k.stride(1), k.stride(2)};
-  const int64_t vs[3] = {v.stride(0), v.stride(1), v.stride(2)};
+  TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1, "k, v: each head's hd values contiguous");
+  const int64_t ks[2] = {k.stride(0), k.stride(1)}, vs[2] = {v.stride(0), v.stride(1)};
   auto o = torch::empty({B, nh * hd}, q.options());
   const int64_t* rp = read.data_ptr<int64_t>();
   const int64_t *sp = starts.data_ptr<int64_t>(), *fp = firsts.data_ptr<int64_t>();
@@ -641,6 +675,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mxfp4_linear_q16", &mxfp4_linear_q16);
   m.def("moe_q16", &moe_q16);
   m.def("paged_attention", &paged_attention);
+  m.def("rms_norm", &rms_norm);
   m.def("bf16_linear", &bf16_linear);
   m.def("isa", &isa);
 }
@@ -653,7 +688,7 @@ _modules: dict[str, ModuleType | None] = {}
 
 
 def build_name(isa: str = "native") -> str:
-    return "harmony_agent_cpu_kernels_v7" + ("" if isa == "native" else f"_{isa}")
+    return "harmony_agent_cpu_kernels_v9" + ("" if isa == "native" else f"_{isa}")
 
 
 def _load() -> ModuleType | None:
@@ -774,11 +809,17 @@ def paged_attention(
     return o.to(q.dtype)
 
 
+def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of x (..., H) in fp32 with an fp32 scale, in x's dtype: one call for the eight
+    small ops of `transformer.RMSNorm`."""
+    module = _load()
+    assert module is not None, "the CPU kernels are not available"
+    y = module.rms_norm(x.reshape(-1, x.shape[-1]).float().contiguous(), scale, eps)
+    return y.view(x.shape).to(x.dtype)
+
+
 def bf16_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (T, K) @ w.T + bias for a contiguous bf16 w (O, K); accumulates in fp32."""
     module = _load()
     assert module is not None, "the CPU kernels are not available"
-    y = module.bf16_linear(x.float().contiguous(), w)
-    if bias is not None:
-        y += bias
-    return y.to(x.dtype)
+    return module.bf16_linear(x.float().contiguous(), w, bias).to(x.dtype)

@@ -158,6 +158,17 @@ def test_paged_attention_matches_attention_over_the_gathered_keys(
         torch.testing.assert_close(got[b].double(), ref[0], atol=tol, rtol=tol)
 
 
+def test_rms_norm_matches_the_fp32_norm(isa: str) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(2, 3, 200, generator=g) * 30).bfloat16()
+    scale = torch.rand(200, generator=g) + 0.5
+    xd = x.double()
+    ref = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-5) * scale.double()
+    got = cpu_kernels.rms_norm(x, scale, 1e-5)
+    assert got.dtype == torch.bfloat16 and got.shape == x.shape
+    torch.testing.assert_close(got.double(), ref, atol=0, rtol=2**-8)
+
+
 def test_the_model_uses_the_kernel_in_inference_and_torch_for_training() -> None:
     layer = Linear(96, 40).bfloat16()
     x = torch.randn(2, 3, 96).bfloat16()  # leading batch dimensions
