@@ -347,12 +347,16 @@ torch::Tensor mxfp4_linear_q16(torch::Tensor x, torch::Tensor blocks, torch::Ten
   return y;
 }
 
-// A bias row entry, fp32 or bf16
-static inline float bias_at(const torch::Tensor& b, int64_t e, int64_t o) {
-  const int64_t i = e * b.size(1) + o;
-  if (b.scalar_type() == torch::kBFloat16)
-    return bf16_to_float(reinterpret_cast<const uint16_t*>(b.data_ptr<at::BFloat16>())[i]);
-  return b.data_ptr<float>()[i];
+// Row e of a bias (E, O), fp32 or bf16, as fp32 in out (O,)
+static void bias_row(const torch::Tensor& b, int64_t e, std::vector<float>& out) {
+  const int64_t O = b.size(1);
+  out.resize(O);
+  if (b.scalar_type() == torch::kBFloat16) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(b.data_ptr<at::BFloat16>()) + e * O;
+    for (int64_t o = 0; o < O; ++o) out[o] = bf16_to_float(p[o]);
+  } else {
+    std::memcpy(out.data(), b.data_ptr<float>() + e * O, O * sizeof(float));
+  }
 }
 
 // Rows of all the experts in use, as one parallel loop: rows [u R, (u + 1) R) are expert
@@ -428,11 +432,12 @@ torch::Tensor moe_q16(torch::Tensor x, torch::Tensor ids, torch::Tensor gates, t
   float* hp = h.data_ptr<float>();
   const float* y1p = y1.data_ptr<float>();
   const float lim = float(limit), al = float(alpha);
+  std::vector<float> bias;
   for (int64_t k = 0; k < P; ++k) {
-    const int64_t e = idp[pair[k]];
+    bias_row(bias1, idp[pair[k]], bias);
     for (int64_t i = 0; i < I; ++i) {
-      const float glu = std::min(y1p[k * R1 + 2 * i] + bias_at(bias1, e, 2 * i), lim);
-      const float lin = y1p[k * R1 + 2 * i + 1] + bias_at(bias1, e, 2 * i + 1);
+      const float glu = std::min(y1p[k * R1 + 2 * i] + bias[2 * i], lim);
+      const float lin = y1p[k * R1 + 2 * i + 1] + bias[2 * i + 1];
       hp[k * I + i] = glu / (1.f + std::exp(-al * glu)) * (std::clamp(lin, -lim, lim) + 1.f);
     }
   }
@@ -447,9 +452,10 @@ torch::Tensor moe_q16(torch::Tensor x, torch::Tensor ids, torch::Tensor gates, t
   const float* y2p = y2.data_ptr<float>();
   const float* gp = gates.data_ptr<float>();
   for (int64_t k = 0; k < P; ++k) {
-    const int64_t t = pair[k] / A, e = idp[pair[k]];
+    const int64_t t = pair[k] / A;
     const float g = gp[pair[k]];
-    for (int64_t n = 0; n < H; ++n) op[t * H + n] += g * (y2p[k * H + n] + bias_at(bias2, e, n));
+    bias_row(bias2, idp[pair[k]], bias);
+    for (int64_t n = 0; n < H; ++n) op[t * H + n] += g * (y2p[k * H + n] + bias[n]);
   }
   return out;
 }
@@ -688,7 +694,7 @@ _modules: dict[str, ModuleType | None] = {}
 
 
 def build_name(isa: str = "native") -> str:
-    return "harmony_agent_cpu_kernels_v9" + ("" if isa == "native" else f"_{isa}")
+    return "harmony_agent_cpu_kernels_v10" + ("" if isa == "native" else f"_{isa}")
 
 
 def _load() -> ModuleType | None:
