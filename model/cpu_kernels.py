@@ -7,17 +7,19 @@
 - `moe_mxfp4`: the routed experts of a set of bf16 tokens (both products, SwiGLU, the gated sum)
   in one call: the int16 products, one parallel loop over all the experts' rows each.
 - `rms_norm`: RMSNorm of bf16 rows in one call.
-- `paged_attention`: decode attention of a batch over its keys where they lie in the cache
-  pages: no gathered copy of every row's keys and values, no mask tensors.
+- `paged_decode`: decode attention of a batch over its keys where they lie in the cache pages,
+  RoPE and the cache write included: no gathered copy of every row's keys and values, no mask
+  tensors, none of the small ops of the rotation.
 - `bf16_linear`: y = x @ W.T with W in bf16, for a few rows of x (decode, batched decode). On
   CPUs without AVX-512 BF16, torch's bf16 matrix-vector product runs far below memory
   bandwidth and its bf16 GEMM for a handful of rows slower still.
 
 Built on first use with the C++ compiler through `torch.utils.cpp_extension` and cached, for the
 CPU it runs on (`-march=native`: AVX-512 where the CPU has it, else AVX2 + FMA, else plain C++;
-`HARMONY_AGENT_CPU_ISA=avx2` or `scalar` builds a lesser variant, which is how the tests check
-every path on one machine). Where no compiler is available `available()` is False and callers
-keep the PyTorch path, which is also the reference the tests compare against.
+`HARMONY_AGENT_CPU_ISA=avx512`, `avx2` or `scalar` builds a lesser variant, which is how the
+tests check every path on one machine; read at first use). Where no compiler is available
+`available()` is False and callers keep the PyTorch path, which is also the reference the tests
+compare against.
 """
 
 from __future__ import annotations
@@ -39,9 +41,13 @@ _SOURCE = r"""
 #include <string>
 #include <vector>
 
-// HA_ISA_MAX caps the instruction set below what the compiler targets: 2 AVX-512, 1 AVX2, 0 C++.
-#if defined(__AVX512F__) && HA_ISA_MAX >= 2
+// HA_ISA_MAX caps the instruction set below what the compiler targets: 3 AVX-512 with its bf16
+// dot product, 2 AVX-512 (F, BW), 1 AVX2, 0 C++.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && HA_ISA_MAX >= 2
 #define HA_AVX512 1
+#if defined(__AVX512BF16__) && HA_ISA_MAX >= 3
+#define HA_AVX512BF16 1
+#endif
 #elif defined(__AVX2__) && defined(__FMA__) && HA_ISA_MAX >= 1
 #define HA_AVX2 1
 #endif
@@ -66,7 +72,9 @@ static const float* e8m0_scales() {
 }
 
 std::string isa() {
-#if defined(HA_AVX512)
+#if defined(HA_AVX512BF16)
+  return "avx512bf16";
+#elif defined(HA_AVX512)
   return "avx512";
 #elif defined(HA_AVX2)
   return "avx2";
@@ -80,6 +88,26 @@ static inline float bf16_to_float(uint16_t h) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+}
+
+// e^x (x clamped to [-87, 88]) as 2^n 2^f, f in [-1/2, 1/2] by a degree-6 polynomial (relative
+// error below 2e-7): plain arithmetic, so the softmax and SwiGLU loops calling it vectorise
+// (std::exp is a call per value, tens of us a layer)
+static inline float exp_fast(float x) {
+  const float t = std::min(std::max(x, -87.f), 88.f) * 1.44269504089f;
+  const float n = (t + 12582912.f) - 12582912.f;  // round to nearest (1.5 2^23)
+  const float f = t - n;
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.f;
+  const int32_t bits = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
 }
 
 #if defined(HA_HAS_AVX2)
@@ -114,6 +142,87 @@ static inline void q16_tile(const uint8_t* row, const uint8_t* srow, const int16
     }
   }
   for (int i = 0; i < TN; ++i) s[i] = hsum(acc[i]);
+}
+#endif
+#if defined(HA_AVX512)
+// q16_tile with 512-bit registers: two blocks a pass, each block's 32 weights one register
+template <int TN>
+static inline void q16_tile512(const uint8_t* row, const uint8_t* srow, const int16_t* qt,
+                               int64_t G, const float* scale, float* s) {
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)FP4X2));
+  const __m256i low4 = _mm256_set1_epi8(15);
+  __m512 acc[TN];
+  for (int i = 0; i < TN; ++i) acc[i] = _mm512_setzero_ps();
+  int64_t g = 0;
+  for (; g + 2 <= G; g += 2) {
+    const __m256i b = _mm256_loadu_si256((const __m256i*)(row + g * 16));
+    // per 128-bit lane (block): the even weights (low nibbles), then the odd ones
+    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, low4));
+    const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), low4));
+    const __m512i w0 = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(lo, hi, 0x20));
+    const __m512i w1 = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(lo, hi, 0x31));
+    const __m512 sc0 = _mm512_set1_ps(scale[srow[g]]), sc1 = _mm512_set1_ps(scale[srow[g + 1]]);
+    for (int i = 0; i < TN; ++i) {
+      const int16_t* qg = qt + (i * G + g) * 32;
+      const __m512i p0 = _mm512_madd_epi16(w0, _mm512_loadu_si512(qg));
+      const __m512i p1 = _mm512_madd_epi16(w1, _mm512_loadu_si512(qg + 32));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), sc0, acc[i]);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), sc1, acc[i]);
+    }
+  }
+  if (g < G) {  // an odd last block
+    const __m128i b = _mm_loadu_si128((const __m128i*)(row + g * 16));
+    const __m128i l = _mm256_castsi256_si128(lut), m = _mm_set1_epi8(15);
+    const __m128i lo = _mm_shuffle_epi8(l, _mm_and_si128(b, m));
+    const __m128i hi = _mm_shuffle_epi8(l, _mm_and_si128(_mm_srli_epi16(b, 4), m));
+    const __m512i w = _mm512_cvtepi8_epi16(_mm256_set_m128i(hi, lo));
+    const __m512 sc = _mm512_set1_ps(scale[srow[g]]);
+    for (int i = 0; i < TN; ++i) {
+      const __m512i p = _mm512_madd_epi16(w, _mm512_loadu_si512(qt + (i * G + g) * 32));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[i]);
+    }
+  }
+  for (int i = 0; i < TN; ++i) s[i] = _mm512_reduce_add_ps(acc[i]);
+}
+#endif
+#if defined(HA_AVX512BF16)
+// 32 bf16 values at p, or the first n < 32 of them and zeros
+static inline __m512bh bf16x32(const uint16_t* p, int64_t n) {
+  if (n >= 32) return (__m512bh)_mm512_loadu_si512(p);
+  return (__m512bh)_mm512_maskz_loadu_epi16(__mmask32((1u << n) - 1), p);
+}
+// One bf16 weight row against one bf16 x row, 32 columns a vdpbf16ps: four accumulators along K
+// (one stream of weights per thread: faster than several rows side by side)
+static inline float dpbf16_row(const uint16_t* w, const uint16_t* x, int64_t K) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t k = 0;
+  for (; k + 128 <= K; k += 128) {
+    a0 = _mm512_dpbf16_ps(a0, bf16x32(w + k, 32), bf16x32(x + k, 32));
+    a1 = _mm512_dpbf16_ps(a1, bf16x32(w + k + 32, 32), bf16x32(x + k + 32, 32));
+    a2 = _mm512_dpbf16_ps(a2, bf16x32(w + k + 64, 32), bf16x32(x + k + 64, 32));
+    a3 = _mm512_dpbf16_ps(a3, bf16x32(w + k + 96, 32), bf16x32(x + k + 96, 32));
+  }
+  for (; k < K; k += 32) a0 = _mm512_dpbf16_ps(a0, bf16x32(w + k, K - k), bf16x32(x + k, K - k));
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+// TN bf16 x rows (ldx apart) against two weight rows (ldw apart): sums s[2 i + r] in fp32
+template <int TN>
+static inline void dpbf16_tile(const uint16_t* w, int64_t ldw, const uint16_t* x, int64_t ldx,
+                               int64_t K, float* s) {
+  __m512 a0[TN], a1[TN];
+  for (int i = 0; i < TN; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    const __m512bh w0 = bf16x32(w + k, K - k), w1 = bf16x32(w + ldw + k, K - k);
+    for (int i = 0; i < TN; ++i) {
+      const __m512bh xv = bf16x32(x + i * ldx + k, K - k);
+      a0[i] = _mm512_dpbf16_ps(a0[i], w0, xv);
+      a1[i] = _mm512_dpbf16_ps(a1[i], w1, xv);
+    }
+  }
+  for (int i = 0; i < TN; ++i) {
+    s[2 * i] = _mm512_reduce_add_ps(a0[i]);
+    s[2 * i + 1] = _mm512_reduce_add_ps(a1[i]);
+  }
 }
 #endif
 #if defined(HA_AVX2)
@@ -295,17 +404,23 @@ static void q16_rows(const uint8_t* bp, const uint8_t* sp, int64_t G, int64_t o0
       const int tn = int(std::min<int64_t>(TILE, T - t0));
       const int16_t* qt = qp + t0 * G * 32;
 #if defined(HA_HAS_AVX2)
+#if defined(HA_AVX512)
+#define HA_Q16_TILE q16_tile512
+#else
+#define HA_Q16_TILE q16_tile
+#endif
       float s[TILE];
       switch (tn) {  // a fixed count keeps the accumulators in registers
-        case 1: q16_tile<1>(row, srow, qt, G, scale, s); break;
-        case 2: q16_tile<2>(row, srow, qt, G, scale, s); break;
-        case 3: q16_tile<3>(row, srow, qt, G, scale, s); break;
-        case 4: q16_tile<4>(row, srow, qt, G, scale, s); break;
-        case 5: q16_tile<5>(row, srow, qt, G, scale, s); break;
-        case 6: q16_tile<6>(row, srow, qt, G, scale, s); break;
-        case 7: q16_tile<7>(row, srow, qt, G, scale, s); break;
-        default: q16_tile<8>(row, srow, qt, G, scale, s);
+        case 1: HA_Q16_TILE<1>(row, srow, qt, G, scale, s); break;
+        case 2: HA_Q16_TILE<2>(row, srow, qt, G, scale, s); break;
+        case 3: HA_Q16_TILE<3>(row, srow, qt, G, scale, s); break;
+        case 4: HA_Q16_TILE<4>(row, srow, qt, G, scale, s); break;
+        case 5: HA_Q16_TILE<5>(row, srow, qt, G, scale, s); break;
+        case 6: HA_Q16_TILE<6>(row, srow, qt, G, scale, s); break;
+        case 7: HA_Q16_TILE<7>(row, srow, qt, G, scale, s); break;
+        default: HA_Q16_TILE<8>(row, srow, qt, G, scale, s);
       }
+#undef HA_Q16_TILE
       for (int i = 0; i < tn; ++i) yp[(t0 + i) * ldy + o] = s[i] * dq[t0 + i];
 #else
       float acc[TILE] = {0.f};
@@ -435,10 +550,13 @@ torch::Tensor moe_q16(torch::Tensor x, torch::Tensor ids, torch::Tensor gates, t
   std::vector<float> bias;
   for (int64_t k = 0; k < P; ++k) {
     bias_row(bias1, idp[pair[k]], bias);
+    const float *yr = y1p + k * R1, *br = bias.data();
+    float* hr = hp + k * I;
+#pragma omp simd
     for (int64_t i = 0; i < I; ++i) {
-      const float glu = std::min(y1p[k * R1 + 2 * i] + bias[2 * i], lim);
-      const float lin = y1p[k * R1 + 2 * i + 1] + bias[2 * i + 1];
-      hp[k * I + i] = glu / (1.f + std::exp(-al * glu)) * (std::clamp(lin, -lim, lim) + 1.f);
+      const float glu = std::min(yr[2 * i] + br[2 * i], lim);
+      const float lin = std::min(std::max(yr[2 * i + 1] + br[2 * i + 1], -lim), lim);
+      hr[i] = glu / (1.f + exp_fast(-al * glu)) * (lin + 1.f);
     }
   }
   auto qh = torch::empty({P, G2, 32}, qx.options());
@@ -463,14 +581,51 @@ torch::Tensor moe_q16(torch::Tensor x, torch::Tensor ids, torch::Tensor gates, t
 // x (T, K) fp32, w (O, K) bf16 -> y (T, O) fp32: each weight row read once for TILE rows of x,
 // two weight rows at a time so that two accumulator chains hide the FMA latency.
 static torch::Tensor bf16_product(torch::Tensor x, torch::Tensor w) {
-  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 2, "x: fp32 (T, K)");
+  TORCH_CHECK(x.dtype() == torch::kFloat32 || x.dtype() == torch::kBFloat16, "x: fp32 or bf16");
+  TORCH_CHECK(x.is_contiguous() && x.dim() == 2, "x: contiguous (T, K)");
   TORCH_CHECK(w.dtype() == torch::kBFloat16 && w.is_contiguous() && w.dim() == 2, "w: bf16 (O, K)");
   const int64_t T = x.size(0), K = x.size(1), O = w.size(0);
   TORCH_CHECK(w.size(1) == K, "x has ", K, " columns, the weight ", w.size(1));
-  auto y = torch::empty({T, O}, x.options());
-  const float* xp = x.data_ptr<float>();
+  auto y = torch::empty({T, O}, x.options().dtype(torch::kFloat32));
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   float* yp = y.data_ptr<float>();
+#if defined(HA_AVX512BF16)
+  if (x.dtype() == torch::kBFloat16) {  // bf16 x pairs exactly: the bf16 dot product loses nothing
+    const uint16_t* xb = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+    if (T == 1) {
+      at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
+        for (int64_t o = o0; o < o1; ++o) yp[o] = dpbf16_row(wp + o * K, xb, K);
+      });
+      return y;
+    }
+    at::parallel_for(0, (O + 1) / 2, 16, [&](int64_t p0, int64_t p1) {
+      float s[8];
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t o = 2 * p, rn = std::min<int64_t>(2, O - o);
+        const uint16_t* wr = wp + o * K;
+        for (int64_t t0 = 0; t0 < T; t0 += 4) {
+          const int64_t tn = std::min<int64_t>(4, T - t0);
+          const uint16_t* xr = xb + t0 * K;
+          if (rn == 2) {
+            switch (tn) {  // a fixed count keeps the accumulators in registers
+              case 1: dpbf16_tile<1>(wr, K, xr, K, K, s); break;
+              case 2: dpbf16_tile<2>(wr, K, xr, K, K, s); break;
+              case 3: dpbf16_tile<3>(wr, K, xr, K, K, s); break;
+              default: dpbf16_tile<4>(wr, K, xr, K, K, s);
+            }
+          } else {  // an odd last weight row
+            for (int64_t i = 0; i < tn; ++i) s[2 * i] = dpbf16_row(wr, xr + i * K, K);
+          }
+          for (int64_t i = 0; i < tn; ++i)
+            for (int64_t r = 0; r < rn; ++r) yp[(t0 + i) * O + o + r] = s[2 * i + r];
+        }
+      }
+    });
+    return y;
+  }
+#endif
+  if (x.dtype() != torch::kFloat32) x = x.to(torch::kFloat32);
+  const float* xp = x.data_ptr<float>();
 #if defined(HA_AVX2)
   // x split per 16 columns: the 8 even ones, then the 8 odd ones (see bf16_even / bf16_odd)
   const int64_t K16 = K / 16 * 16;
@@ -584,7 +739,7 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor scale, double eps) {
 // x @ w.T + bias (fp32 or bf16): added here, where torch's mixed-dtype add of a bf16 bias to
 // the fp32 product costs some 50 us a call
 torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias) {
-  auto y = bf16_product(x, w);
+  auto y = bf16_product(x, w);  // fp32
   if (bias.has_value()) {
     const torch::Tensor b = bias->to(torch::kFloat32).contiguous();
     TORCH_CHECK(b.numel() == y.size(1), "bias: (O,)");
@@ -597,90 +752,170 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch:
   return y;
 }
 
-// A bf16 or fp32 cache row of hd values, as fp32 (contiguous: the loops below vectorise)
-static inline void cache_row(const float* p, int64_t hd, float* out) {
+// fp32 -> bf16, rounding to nearest even as torch does (NaN kept a quiet NaN)
+static inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 64);
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+static inline float round_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
+
+// A bf16 or fp32 cache row of hd values, as fp32, and back
+static inline void load_row(const float* p, int64_t hd, float* out) {
   std::memcpy(out, p, hd * sizeof(float));
 }
-static inline void cache_row(const uint16_t* p, int64_t hd, float* out) {
+static inline void load_row(const uint16_t* p, int64_t hd, float* out) {
   for (int64_t j = 0; j < hd; ++j) out[j] = bf16_to_float(p[j]);
 }
+static inline void store_row(const float* in, int64_t hd, float* p) {
+  std::memcpy(p, in, hd * sizeof(float));
+}
+static inline void store_row(const float* in, int64_t hd, uint16_t* p) {
+  for (int64_t j = 0; j < hd; ++j) p[j] = float_to_bf16(in[j]);
+}
 
+static inline float dot(const float* a, const float* b, int64_t n) {
+  float d = 0.f;
+#pragma omp simd reduction(+ : d)
+  for (int64_t j = 0; j < n; ++j) d += a[j] * b[j];
+  return d;
+}
+
+// Half-split (NeoX) rotation of one head's hd values by c, s (hd / 2 each), in place
+static inline void rotate(float* x, const float* c, const float* s, int64_t half) {
+#pragma omp simd
+  for (int64_t j = 0; j < half; ++j) {
+    const float x1 = x[j], x2 = x[half + j];
+    x[j] = x1 * c[j] - x2 * s[j];
+    x[half + j] = x2 * c[j] + x1 * s[j];
+  }
+}
+
+// Decode attention of a batch, one new token a row, over the cache pages in place. For each row:
+// RoPE on its query and key heads (fp32, rounded to the activations' dtype as the unfused path
+// rounds them), its key and value written to its slot, then attention over the slots
+// it reads (fp32 scores and softmax, one sink logit a head).
 template <typename T>
-static void paged_attention_rows(const float* qp, const T* kp, const T* vp, const int64_t ks[2],
-                                 const int64_t vs[2], const int64_t* rp, int64_t S,
-                                 const float* sinks, const int64_t* starts, const int64_t* firsts,
-                                 int64_t window, int64_t B, int64_t nh, int64_t nkv, int64_t hd,
-                                 float* op) {
-  const int64_t rep = nh / nkv;
+static void paged_decode_rows(const torch::Tensor& qkv, const float* cp, const float* snp,
+                              int64_t crows, T* kp, T* vp, const int64_t ks[2], const int64_t vs[2],
+                              const int64_t* wp, const int64_t* rp, int64_t S, const float* sinks,
+                              const int64_t* starts, const int64_t* firsts, int64_t window,
+                              int64_t nh, int64_t nkv, int64_t hd, float* op) {
+  const int64_t B = qkv.size(0), W = qkv.size(1), half = hd / 2, rep = nh / nkv;
+  const bool bf16 = qkv.scalar_type() == torch::kBFloat16;
+  // the rows as fp32: q rotated (and rounded), k rotated, v
+  std::vector<float> rows(B * W);
+  if (bf16) {
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(qkv.data_ptr<at::BFloat16>());
+    for (int64_t i = 0; i < B * W; ++i) rows[i] = bf16_to_float(src[i]);
+  } else {
+    std::memcpy(rows.data(), qkv.data_ptr<float>(), B * W * sizeof(float));
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    float* r = rows.data() + b * W;
+    const float *c = cp + (crows == 1 ? 0 : b) * half, *s = snp + (crows == 1 ? 0 : b) * half;
+    for (int64_t h = 0; h < nh + nkv; ++h) rotate(r + h * hd, c, s, half);
+    if (bf16)
+      for (int64_t j = 0; j < (nh + nkv) * hd; ++j) r[j] = round_bf16(r[j]);
+    for (int64_t g = 0; g < nkv; ++g) {
+      store_row(r + (nh + g) * hd, hd, kp + wp[b] * ks[0] + g * ks[1]);
+      store_row(r + (nh + nkv + g) * hd, hd, vp + wp[b] * vs[0] + g * vs[1]);
+    }
+  }
   const float scale = 1.f / std::sqrt(float(hd));
-  at::parallel_for(0, B * nh, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> p(S), acc(hd), row(hd);
+  // one item a (row, key head): each key and value row is converted once for its rep queries
+  at::parallel_for(0, B * nkv, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> p(rep * S), acc(rep * hd), row(hd), m(rep), sum(rep);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / nh, h = i % nh, g = h / rep;
+      const int64_t b = i / nkv, g = i % nkv;
       // keys at positions firsts[b] + s: causal, and within the window before the query
       const int64_t qpos = starts[b], lo = window > 0 ? std::max<int64_t>(0, qpos - window + 1) : 0;
       const int64_t s0 = std::max<int64_t>(0, lo - firsts[b]);
       const int64_t s1 = std::min<int64_t>(S, qpos - firsts[b] + 1);
-      const float* q = qp + (b * nh + h) * hd;
-      float m = sinks[h];  // the sink is one more softmax column, without a value
+      const float* q = rows.data() + b * W + g * rep * hd;  // the rep query heads of head g
+      for (int64_t r = 0; r < rep; ++r) m[r] = sinks[g * rep + r];  // the sink: one more column
       for (int64_t s = s0; s < s1; ++s) {
-        cache_row(kp + rp[b * S + s] * ks[0] + g * ks[1], hd, row.data());
-        float d = 0.f;
-        for (int64_t j = 0; j < hd; ++j) d += q[j] * row[j];
-        p[s] = d * scale;
-        m = std::max(m, p[s]);
+        load_row(kp + rp[b * S + s] * ks[0] + g * ks[1], hd, row.data());
+        for (int64_t r = 0; r < rep; ++r) {
+          const float d = dot(q + r * hd, row.data(), hd) * scale;
+          p[r * S + s] = d;
+          m[r] = std::max(m[r], d);
+        }
       }
-      float sum = std::exp(sinks[h] - m);
+      for (int64_t r = 0; r < rep; ++r) {
+        float* pr = p.data() + r * S;
+        const float mr = m[r];
+        float total = exp_fast(sinks[g * rep + r] - mr);
+#pragma omp simd reduction(+ : total)
+        for (int64_t s = s0; s < s1; ++s) {
+          pr[s] = exp_fast(pr[s] - mr);
+          total += pr[s];
+        }
+        sum[r] = total;
+      }
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t s = s0; s < s1; ++s) {
-        const float w = std::exp(p[s] - m);
-        sum += w;
-        cache_row(vp + rp[b * S + s] * vs[0] + g * vs[1], hd, row.data());
-        for (int64_t j = 0; j < hd; ++j) acc[j] += w * row[j];
+        load_row(vp + rp[b * S + s] * vs[0] + g * vs[1], hd, row.data());
+        for (int64_t r = 0; r < rep; ++r) {
+          const float w = p[r * S + s];
+          float* ar = acc.data() + r * hd;
+#pragma omp simd
+          for (int64_t j = 0; j < hd; ++j) ar[j] += w * row[j];
+        }
       }
-      for (int64_t j = 0; j < hd; ++j) op[(b * nh + h) * hd + j] = acc[j] / sum;
+      for (int64_t r = 0; r < rep; ++r)
+        for (int64_t j = 0; j < hd; ++j)
+          op[(b * nh + g * rep + r) * hd + j] = acc[r * hd + j] / sum[r];
     }
   });
 }
 
-// One query token per row (decode) attending over its keys where they lie in the cache pages:
-// q (B, nh, hd) fp32; k, v (slots, nkv, hd) bf16 or fp32, any strides but hd's; read (B, S)
-// int64, the slots of each row's keys (padded at the end); starts (B,) each row's query
-// position, firsts (B,) that of its first key; sinks (nh,) fp32; window 0 for none
-// -> (B, nh hd) fp32.
-torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor read,
-                              torch::Tensor sinks, torch::Tensor starts, torch::Tensor firsts,
-                              int64_t window) {
-  TORCH_CHECK(q.dtype() == torch::kFloat32 && q.is_contiguous() && q.dim() == 3, "q (B, nh, hd)");
+// qkv (B, (nh + 2 nkv) hd) fp32 or bf16, one new token a row; cos, sin (B or 1, hd / 2) fp32 at
+// each row's position; k, v (slots, nkv, hd) bf16 or fp32 caches, any strides but hd's; write
+// (B,) each row's slot for its key and value; read (B, S) the slots of each row's keys (padded
+// at the end), starts (B,) each row's position, firsts (B,) that of its first key; sinks (nh,);
+// window 0 for none -> (B, nh hd) in qkv's dtype.
+torch::Tensor paged_decode(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor k,
+                           torch::Tensor v, torch::Tensor write, torch::Tensor read,
+                           torch::Tensor sinks, torch::Tensor starts, torch::Tensor firsts,
+                           int64_t nh, int64_t window) {
+  TORCH_CHECK(qkv.dim() == 2 && qkv.is_contiguous(), "qkv: contiguous (B, (nh + 2 nkv) hd)");
+  TORCH_CHECK(qkv.dtype() == torch::kFloat32 || qkv.dtype() == torch::kBFloat16, "qkv: fp32, bf16");
   TORCH_CHECK(k.dim() == 3 && v.dim() == 3 && k.dtype() == v.dtype(), "k, v: (slots, nkv, hd)");
   TORCH_CHECK(k.dtype() == torch::kBFloat16 || k.dtype() == torch::kFloat32, "k, v: bf16 or fp32");
-  for (const auto* t : {&read, &starts, &firsts})
-    TORCH_CHECK(t->dtype() == torch::kInt64 && t->is_contiguous(), "read, starts, firsts: int64");
-  TORCH_CHECK(sinks.dtype() == torch::kFloat32 && sinks.is_contiguous(), "sinks: fp32 (nh,)");
-  const int64_t B = q.size(0), nh = q.size(1), hd = q.size(2), nkv = k.size(1), S = read.size(1);
-  TORCH_CHECK(k.size(2) == hd && nh % nkv == 0 && read.size(0) == B, "shapes do not fit");
+  for (const auto* t : {&write, &read, &starts, &firsts})
+    TORCH_CHECK(t->dtype() == torch::kInt64 && t->is_contiguous(), "slots, positions: int64");
+  for (const auto* t : {&cos, &sin, &sinks})
+    TORCH_CHECK(t->dtype() == torch::kFloat32 && t->is_contiguous(), "cos, sin, sinks: fp32");
+  const int64_t B = qkv.size(0), nkv = k.size(1), hd = k.size(2), S = read.size(1);
+  TORCH_CHECK(qkv.size(1) == (nh + 2 * nkv) * hd && nh % nkv == 0 && hd % 2 == 0, "head shapes");
+  TORCH_CHECK(read.size(0) == B && write.numel() == B && sinks.numel() == nh, "batch shapes");
+  const int64_t crows = cos.numel() / (hd / 2);
+  TORCH_CHECK((crows == 1 || crows == B) && sin.numel() == cos.numel(), "cos, sin: (B or 1, hd/2)");
   TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1, "k, v: each head's hd values contiguous");
   const int64_t ks[2] = {k.stride(0), k.stride(1)}, vs[2] = {v.stride(0), v.stride(1)};
-  auto o = torch::empty({B, nh * hd}, q.options());
-  const int64_t* rp = read.data_ptr<int64_t>();
+  auto o = torch::empty({B, nh * hd}, qkv.options().dtype(torch::kFloat32));
+  const int64_t *wp = write.data_ptr<int64_t>(), *rp = read.data_ptr<int64_t>();
   const int64_t *sp = starts.data_ptr<int64_t>(), *fp = firsts.data_ptr<int64_t>();
-  const float *qp = q.data_ptr<float>(), *hp = sinks.data_ptr<float>();
+  const float *cp = cos.data_ptr<float>(), *snp = sin.data_ptr<float>();
+  const float* hp = sinks.data_ptr<float>();
   float* op = o.data_ptr<float>();
   if (k.dtype() == torch::kFloat32)
-    paged_attention_rows(qp, k.data_ptr<float>(), v.data_ptr<float>(), ks, vs, rp, S, hp, sp, fp,
-                         window, B, nh, nkv, hd, op);
+    paged_decode_rows(qkv, cp, snp, crows, k.data_ptr<float>(), v.data_ptr<float>(), ks, vs, wp,
+                      rp, S, hp, sp, fp, window, nh, nkv, hd, op);
   else
-    paged_attention_rows(qp, reinterpret_cast<const uint16_t*>(k.data_ptr<at::BFloat16>()),
-                         reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>()), ks, vs, rp,
-                         S, hp, sp, fp, window, B, nh, nkv, hd, op);
-  return o;
+    paged_decode_rows(qkv, cp, snp, crows, reinterpret_cast<uint16_t*>(k.data_ptr<at::BFloat16>()),
+                      reinterpret_cast<uint16_t*>(v.data_ptr<at::BFloat16>()), ks, vs, wp, rp, S,
+                      hp, sp, fp, window, nh, nkv, hd, op);
+  return qkv.dtype() == torch::kFloat32 ? o : o.to(qkv.scalar_type());
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mxfp4_linear", &mxfp4_linear);
   m.def("mxfp4_linear_q16", &mxfp4_linear_q16);
   m.def("moe_q16", &moe_q16);
-  m.def("paged_attention", &paged_attention);
+  m.def("paged_decode", &paged_decode);
   m.def("rms_norm", &rms_norm);
   m.def("bf16_linear", &bf16_linear);
   m.def("isa", &isa);
@@ -688,25 +923,38 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 """
 
 ISA_ENV = "HARMONY_AGENT_CPU_ISA"
-_ISA_MAX = {"native": 2, "avx2": 1, "scalar": 0}
+_ISA_MAX = {"native": 3, "avx512": 2, "avx2": 1, "scalar": 0}
 _lock = threading.Lock()
 _modules: dict[str, ModuleType | None] = {}
+_selected: list[ModuleType | None] = []  # the module for the settings read last, once read
 
 
 def build_name(isa: str = "native") -> str:
-    return "harmony_agent_cpu_kernels_v10" + ("" if isa == "native" else f"_{isa}")
+    return "harmony_agent_cpu_kernels_v11" + ("" if isa == "native" else f"_{isa}")
+
+
+def settings_changed() -> None:
+    """Read `HARMONY_AGENT_CPU_ISA` and `HARMONY_AGENT_NO_CPU_KERNEL` again at the next call.
+    They are read once: the ops run tens of times a layer, and each read of the environment
+    costs microseconds."""
+    _selected.clear()
 
 
 def _load() -> ModuleType | None:
+    if _selected:
+        return _selected[0]
     if os.environ.get("HARMONY_AGENT_NO_CPU_KERNEL"):
-        return None
-    isa = os.environ.get(ISA_ENV, "native")
-    if isa not in _ISA_MAX:
-        raise ValueError(f"{ISA_ENV} must be one of {', '.join(_ISA_MAX)}, got {isa!r}")
-    with _lock:
-        if isa not in _modules:
-            _modules[isa] = _build(isa)
-    return _modules[isa]
+        module = None
+    else:
+        isa = os.environ.get(ISA_ENV, "native")
+        if isa not in _ISA_MAX:
+            raise ValueError(f"{ISA_ENV} must be one of {', '.join(_ISA_MAX)}, got {isa!r}")
+        with _lock:
+            if isa not in _modules:
+                _modules[isa] = _build(isa)
+            module = _modules[isa]
+    _selected[:] = [module]
+    return module
 
 
 def _build(isa: str) -> ModuleType | None:
@@ -721,10 +969,12 @@ def _build(isa: str) -> ModuleType | None:
                 file=sys.stderr,
                 flush=True,
             )
+        isa_flag = f"-DHA_ISA_MAX={_ISA_MAX[isa]}"
         return load_inline(
             name=name,
             cpp_sources=_SOURCE,
-            extra_cflags=["-O3", "-march=native", "-fopenmp", f"-DHA_ISA_MAX={_ISA_MAX[isa]}"],
+            # no contraction of a * b - c * d into an FMA: the scalar loops round as torch's ops do
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", isa_flag],
             extra_ldflags=["-fopenmp"],
         )
     except Exception:  # no compiler, no headers: keep the PyTorch path
@@ -794,25 +1044,36 @@ def moe_mxfp4(
     return y.to(x.dtype)
 
 
-def paged_attention(
-    q: torch.Tensor,
+def paged_decode(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    write: torch.Tensor,
     read: torch.Tensor,
     sinks: torch.Tensor,
     starts: torch.Tensor,
     firsts: torch.Tensor,
+    num_heads: int,
     window: int | None,
 ) -> torch.Tensor:
-    """One query token per row (decode) over its keys where they lie in the cache pages, as
-    `transformer.attention` computes it (fp32 scores, a sink logit per head): q (B, nh, hd),
-    k / v (slots, nkv, hd), read (B, S) each row's slots, starts / firsts (B,) the positions of
-    its query and first key -> (B, nh hd) in q's dtype."""
+    """Decode attention of a batch, one new token a row, as `transformer.AttentionBlock`
+    computes it, over the cache pages in place: RoPE on the rows' query and key heads, each
+    row's key and value written to its slot, then fp32 attention with a sink logit a head.
+
+    qkv (B, (nh + 2 nkv) hd); cos / sin (B or 1, hd/2) at the rows' positions; k / v
+    (slots, nkv, hd) the cache; write (B,) each row's slot; read (B, S) the slots of its keys,
+    starts / firsts (B,) the positions of its query and first key -> (B, nh hd) in qkv's dtype."""
     module = _load()
     assert module is not None, "the CPU kernels are not available"
-    o = module.paged_attention(q.float().contiguous(), k, v, read, sinks.float().contiguous(),
-                               starts, firsts, window or 0)  # fmt: skip
-    return o.to(q.dtype)
+    if qkv.dtype != torch.bfloat16:
+        qkv = qkv.float()
+    half = k.shape[-1] // 2
+    cos, sin = (c.reshape(-1, half).float().contiguous() for c in (cos, sin))
+    sinks = sinks.float().contiguous()
+    return module.paged_decode(qkv.contiguous(), cos, sin, k, v, write, read, sinks, starts,
+                               firsts, num_heads, window or 0)  # fmt: skip
 
 
 def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
@@ -828,4 +1089,6 @@ def bf16_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = No
     """x (T, K) @ w.T + bias for a contiguous bf16 w (O, K); accumulates in fp32."""
     module = _load()
     assert module is not None, "the CPU kernels are not available"
-    return module.bf16_linear(x.float().contiguous(), w, bias).to(x.dtype)
+    if x.dtype != torch.bfloat16:
+        x = x.float()
+    return module.bf16_linear(x.contiguous(), w, bias).to(x.dtype)

@@ -201,12 +201,12 @@ class AttentionBlock(nn.Module):
             return self(x[None], start, cos, sin, kv)[0]
         b, t, _ = x.shape
         qkv = self.qkv(self.norm(x))  # (B, T, (nh + 2 nkv) hd)
+        if t == 1 and hasattr(kv, "slots") and _cpu_kernels_apply(x):
+            return self.out(self._attend_pages(qkv, cos, sin, start, kv))
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
         q = apply_rope(q.view(b, t, self.nh, self.hd), cos, sin)
         k = apply_rope(k.view(b, t, self.nkv, self.hd), cos, sin).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(b, t, self.nkv, self.hd).transpose(1, 2)
-        if t == 1 and hasattr(kv, "slots") and _cpu_kernels_apply(x):
-            return self.out(self._attend_pages(q, k, v, start, kv))
         first = start  # position of the first key in k / v
         if kv is not None:
             k, v, first = kv.update(k, v, start, self.window)
@@ -214,19 +214,21 @@ class AttentionBlock(nn.Module):
         return self.out(o)
 
     def _attend_pages(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor, kv: Any
+        self,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start: int | torch.Tensor,
+        kv: Any,
     ) -> torch.Tensor:
-        """Decode rows (B, 1) of the batching engine, over its cache pages in place
-        (`cpu_kernels.paged_attention`): q (B, 1, nh, hd), k / v (B, nkv, 1, hd) -> (B, 1, nh hd).
-        """
-        b = q.shape[0]
+        """Decode rows (B, 1) of the batching engine, RoPE, cache write and attention over its
+        pages in one call (`cpu_kernels.paged_decode`): qkv (B, 1, (nh + 2 nkv) hd) ->
+        (B, 1, nh hd)."""
+        b = qkv.shape[0]
         write, read, firsts = kv.slots(self.window)
-        kv.k[write] = k.reshape(b, self.nkv, self.hd)
-        kv.v[write] = v.reshape(b, self.nkv, self.hd)
         starts = start if isinstance(start, torch.Tensor) else torch.full_like(firsts, start)
-        q = q.reshape(b, self.nh, self.hd)
-        sinks, window = self.sinks, self.window
-        o = cpu_kernels.paged_attention(q, kv.k, kv.v, read, sinks, starts, firsts, window)
+        o = cpu_kernels.paged_decode(qkv.view(b, -1), cos, sin, kv.k, kv.v, write, read,
+                                     self.sinks, starts, firsts, self.nh, self.window)  # fmt: skip
         return o.view(b, 1, self.nh * self.hd)
 
 

@@ -75,14 +75,14 @@ def test_batched_greedy_equals_each_alone(folder: Path) -> None:
 def test_bf16_decode_through_the_fused_cpu_kernels_equals_each_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In bf16 the CPU decode runs the fused MoE and paged attention kernels: each row of a
+    """In bf16 the CPU decode runs the fused MoE and paged decode kernels: each row of a
     step is its own computation there, so a batch still equals each sequence alone."""
     from harmony_agent.model import cpu_kernels
 
     if not cpu_kernels.available():
         pytest.skip("no C++ compiler for the CPU kernels")
     ckpt = write_random_checkpoint(tmp_path, CONFIG, mxfp4=True, dtype=torch.bfloat16, seed=5)
-    calls = {"moe_mxfp4": 0, "paged_attention": 0}
+    calls = {"moe_mxfp4": 0, "paged_decode": 0}
     for name in calls:
         kernel = getattr(cpu_kernels, name)
 
@@ -96,7 +96,7 @@ def test_bf16_decode_through_the_fused_cpu_kernels_equals_each_alone(
     assert m.dtype == torch.bfloat16
     got = round_robin(m, [(p, 10 + i, GREEDY) for i, p in enumerate(ps)])
     assert m.stats.decode_tokens > m.stats.decode_steps
-    assert calls["moe_mxfp4"] > 0 and calls["paged_attention"] > 0
+    assert calls["moe_mxfp4"] > 0 and calls["paged_decode"] > 0
     assert got == [alone(ckpt, p, 10 + i) for i, p in enumerate(ps)]
 
 

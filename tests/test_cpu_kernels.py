@@ -1,9 +1,11 @@
 """The CPU kernels against PyTorch: the MXFP4 linear against dequantise-then-matmul, the fused
-MoE against its experts one by one, paged attention against attention over gathered keys, the
-bf16 linear against an fp32 matmul, for every instruction-set path this CPU can run."""
+MoE against its experts one by one, paged decode against RoPE, the cache write and attention
+over the gathered keys, the bf16 linear against an fp32 matmul, for every instruction-set path
+this CPU can run."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from harmony_agent.model.mxfp4 import dequantize
 from harmony_agent.model.transformer import (
     FP32_GEMM_MIN_ROWS,
     Linear,
+    apply_rope,
     attention,
     linear,
     swiglu,
@@ -25,17 +28,20 @@ pytestmark = pytest.mark.skipif(
 
 
 def _variants() -> list[str]:
-    """The native build, the AVX2 path where the native one is AVX-512, and plain C++."""
-    native = cpu_kernels.isa()
-    return ["native", *(["avx2"] if native == "avx512" else []), "scalar"]
+    """The native build, each lesser instruction set this CPU also runs, and plain C++."""
+    lesser = {"avx512bf16": ["avx512", "avx2"], "avx512": ["avx2"]}
+    return ["native", *lesser.get(cpu_kernels.isa(), []), "scalar"]
 
 
 @pytest.fixture(params=_variants())
-def isa(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def isa(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv(cpu_kernels.ISA_ENV, request.param)
+    cpu_kernels.settings_changed()
     built = cpu_kernels.isa()  # built now, for this variant
     assert request.param == "native" or built == request.param
-    return built
+    yield built
+    monkeypatch.undo()
+    cpu_kernels.settings_changed()
 
 
 @pytest.mark.parametrize("rows", [1, 3, 9, 17])
@@ -131,7 +137,7 @@ def test_fused_moe_matches_the_experts_one_by_one_and_each_token_alone(
 
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_paged_attention_matches_attention_over_the_gathered_keys(
+def test_paged_decode_rotates_writes_and_attends_as_the_unfused_ops(
     isa: str, dtype: torch.dtype, window: int | None
 ) -> None:
     g = torch.Generator().manual_seed(7)
@@ -142,18 +148,27 @@ def test_paged_attention_matches_attention_over_the_gathered_keys(
     # row 0 holds its window's keys only; row 1 older ones too, which the window must mask
     firsts = torch.tensor([0 if window is None else 6 - window + 1, 0, 0])
     counts = (starts - firsts + 1).tolist()
-    width = max(counts)
-    read = torch.zeros(3, width, dtype=torch.int64)  # padded with slot 0 at the end
+    read = torch.zeros(3, max(counts), dtype=torch.int64)  # padded with slot 0 at the end
     for b, n in enumerate(counts):
         read[b, :n] = torch.randperm(slots, generator=g)[:n]
-    q = torch.randn(3, nh, hd, generator=g).to(dtype)
+    write = read[torch.arange(3), torch.tensor(counts) - 1]  # each row's new key is its last
+    qkv = torch.randn(3, (nh + 2 * nkv) * hd, generator=g).to(dtype)
     sinks = torch.randn(nh, generator=g)
-    got = cpu_kernels.paged_attention(q, k, v, read, sinks, starts, firsts, window)
+    angles = starts[:, None].float() * torch.rand(hd // 2, generator=g)
+    cos, sin = angles.cos() * 1.2, angles.sin() * 1.2  # (B, hd/2); YaRN scales them
+    q, kn, vn = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q = apply_rope(q.view(3, 1, nh, hd), cos[:, None], sin[:, None])  # the unfused ops
+    kn = apply_rope(kn.view(3, 1, nkv, hd), cos[:, None], sin[:, None])
+    want_k, want_v = k.clone(), v.clone()
+    want_k[write], want_v[write] = kn[:, 0], vn.reshape(3, nkv, hd)
+    got = cpu_kernels.paged_decode(qkv, cos, sin, k, v, write, read, sinks, starts, firsts, nh,
+                                   window)  # fmt: skip
     assert got.dtype == dtype and got.shape == (3, nh * hd)
+    assert torch.equal(k, want_k) and torch.equal(v, want_v)
     for b, n in enumerate(counts):
         kb, vb = (c[read[b, :n]].transpose(0, 1).double() for c in (k, v))  # (nkv, n, hd)
-        ref = attention(q[b][None].double(), kb, vb, sinks.double(), int(starts[b]),
-                        int(firsts[b]), window)  # fmt: skip
+        ref = attention(q[b].double(), kb, vb, sinks.double(), int(starts[b]), int(firsts[b]),
+                        window)  # fmt: skip
         tol = 1e-5 if dtype == torch.float32 else 1e-2
         torch.testing.assert_close(got[b].double(), ref[0], atol=tol, rtol=tol)
 
@@ -218,5 +233,9 @@ def test_a_first_build_is_announced_and_a_cached_one_is_not(
 
 def test_an_unknown_instruction_set_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cpu_kernels.ISA_ENV, "sse9")
+    cpu_kernels.settings_changed()
     with pytest.raises(ValueError, match="HARMONY_AGENT_CPU_ISA"):
         cpu_kernels.available()
+    monkeypatch.undo()
+    cpu_kernels.settings_changed()
+    assert cpu_kernels.available()
