@@ -462,6 +462,97 @@ torch::Tensor mxfp4_linear_q16(torch::Tensor x, torch::Tensor blocks, torch::Ten
   return y;
 }
 
+#if defined(HA_AVX512BF16)
+// Weight rows o0..o1 of an MXFP4 matrix as bf16, in their natural column order, into out
+// (rows of K). Each weight (an FP4 value times a power of two) is exact in bf16.
+static void mxfp4_rows_bf16(const uint8_t* bp, const uint8_t* sp, int64_t G, int64_t o0,
+                            int64_t o1, uint16_t* out) {
+  const __m512 lut = _mm512_loadu_ps(FP4);
+  const __m256i low4 = _mm256_set1_epi16(15);
+  const float* scale = e8m0_scales();
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t *row = bp + o * G * 16, *srow = sp + o * G;
+    uint16_t* w = out + (o - o0) * G * 32;
+    for (int64_t g = 0; g < G; ++g) {
+      // byte j holds weights 2j (low nibble) and 2j + 1 (high): codes in order, a byte each
+      const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(row + g * 16)));
+      const __m256i codes = _mm256_or_si256(_mm256_and_si256(b, low4),
+                                            _mm256_slli_epi16(_mm256_srli_epi16(b, 4), 8));
+      const __m512 sc = _mm512_set1_ps(scale[srow[g]]);
+      const __m512 v0 = _mm512_mul_ps(
+          _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(codes)), lut), sc);
+      const __m512 v1 = _mm512_mul_ps(
+          _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(codes, 1)), lut),
+          sc);
+      _mm512_storeu_si512(w + g * 32, (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
+    }
+  }
+}
+
+// 4 bf16 x rows (ldx apart) against 4 bf16 weight rows (ldw apart), K a multiple of 32: sums
+// in s[4 i + r]
+static inline void dpbf16_4x4(const uint16_t* w, int64_t ldw, const uint16_t* x, int64_t ldx,
+                              int64_t K, float* s) {
+  __m512 a[4][4];
+  for (int i = 0; i < 4; ++i)
+    for (int r = 0; r < 4; ++r) a[i][r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    __m512bh wv[4];
+    for (int r = 0; r < 4; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(w + r * ldw + k);
+    for (int i = 0; i < 4; ++i) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i * ldx + k);
+      for (int r = 0; r < 4; ++r) a[i][r] = _mm512_dpbf16_ps(a[i][r], wv[r], xv);
+    }
+  }
+  for (int i = 0; i < 4; ++i)
+    for (int r = 0; r < 4; ++r) s[4 * i + r] = _mm512_reduce_add_ps(a[i][r]);
+}
+#endif
+
+// x (T, K) bf16 @ W.T for W (O, K) packed in MXFP4 -> (T, O) fp32, for many rows of x (prefill):
+// each tile of 16 weight rows is decoded once to bf16 (in cache) and multiplied with every row
+// of x by the bf16 dot product. Exact products, fp32 sums.
+torch::Tensor mxfp4_linear_bf16(torch::Tensor x, torch::Tensor blocks, torch::Tensor scales) {
+  TORCH_CHECK(x.dtype() == torch::kBFloat16 && x.is_contiguous() && x.dim() == 2, "x: bf16 (T, K)");
+  TORCH_CHECK(blocks.is_contiguous() && scales.is_contiguous(), "blocks/scales contiguous");
+  const int64_t O = blocks.size(0), G = blocks.size(1), T = x.size(0), K = G * 32;
+  TORCH_CHECK(x.size(1) == K, "x has ", x.size(1), " columns, the weight ", K);
+  auto y = torch::empty({T, O}, x.options().dtype(torch::kFloat32));
+#if defined(HA_AVX512BF16)
+  constexpr int64_t RT = 16;  // weight rows decoded at a time: 16 K-wide bf16 rows stay in L2
+  const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const uint8_t* bp = blocks.data_ptr<uint8_t>();
+  const uint8_t* sp = scales.data_ptr<uint8_t>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, (O + RT - 1) / RT, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<uint16_t> wb(RT * K);
+    float s[16];
+    for (int64_t tile = t0; tile < t1; ++tile) {
+      const int64_t o0 = tile * RT, rows = std::min(RT, O - o0);
+      mxfp4_rows_bf16(bp, sp, G, o0, o0 + rows, wb.data());
+      for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+        const int64_t rn = std::min<int64_t>(4, rows - r0);
+        for (int64_t i0 = 0; i0 < T; i0 += 4) {
+          const int64_t tn = std::min<int64_t>(4, T - i0);
+          if (rn == 4 && tn == 4) {
+            dpbf16_4x4(wb.data() + r0 * K, K, xp + i0 * K, K, K, s);
+          } else {  // the edges
+            for (int64_t i = 0; i < tn; ++i)
+              for (int64_t r = 0; r < rn; ++r)
+                s[4 * i + r] = dpbf16_row(wb.data() + (r0 + r) * K, xp + (i0 + i) * K, K);
+          }
+          for (int64_t i = 0; i < tn; ++i)
+            for (int64_t r = 0; r < rn; ++r) yp[(i0 + i) * O + o0 + r0 + r] = s[4 * i + r];
+        }
+      }
+    }
+  });
+#else
+  TORCH_CHECK(false, "mxfp4_linear_bf16 needs AVX-512 BF16");
+#endif
+  return y;
+}
+
 // Row e of a bias (E, O), fp32 or bf16, as fp32 in out (O,)
 static void bias_row(const torch::Tensor& b, int64_t e, std::vector<float>& out) {
   const int64_t O = b.size(1);
@@ -914,6 +1005,7 @@ torch::Tensor paged_decode(torch::Tensor qkv, torch::Tensor cos, torch::Tensor s
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mxfp4_linear", &mxfp4_linear);
   m.def("mxfp4_linear_q16", &mxfp4_linear_q16);
+  m.def("mxfp4_linear_bf16", &mxfp4_linear_bf16);
   m.def("moe_q16", &moe_q16);
   m.def("paged_decode", &paged_decode);
   m.def("rms_norm", &rms_norm);
@@ -1005,17 +1097,31 @@ def isa() -> str:
     return str(module.isa())
 
 
+BF16_DOT_MIN_ROWS = 12
+"""From this many bf16 rows, on a CPU with AVX-512 BF16, an MXFP4 product decodes each tile of
+weight rows to bf16 once and runs the bf16 dot product (`mxfp4_linear_bf16`); below, the int16
+kernel."""
+
+
+def _has_bf16_dot(module: ModuleType) -> bool:
+    return bool(module.isa() == "avx512bf16")
+
+
 def mxfp4_linear(
     x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """x (T, K) @ W.T + bias with W (O, K) packed as blocks (O, K/32, 16) + scales (O, K/32).
 
     An fp32 x goes through the fp32 kernel; a bf16 (or fp16) one through the int16 kernel,
-    whose rounding of x is far below the bf16 rounding x already has."""
+    whose rounding of x is far below the bf16 rounding x already has, or for many bf16 rows
+    through the bf16 dot product of weights decoded to bf16 (exact products)."""
     module = _load()
     assert module is not None, "the CPU kernels are not available"
-    kernel = module.mxfp4_linear if x.dtype == torch.float32 else module.mxfp4_linear_q16
-    y = kernel(x.float().contiguous(), blocks, scales)
+    if x.dtype == torch.bfloat16 and x.shape[0] >= BF16_DOT_MIN_ROWS and _has_bf16_dot(module):
+        y = module.mxfp4_linear_bf16(x.contiguous(), blocks, scales)
+    else:
+        kernel = module.mxfp4_linear if x.dtype == torch.float32 else module.mxfp4_linear_q16
+        y = kernel(x.float().contiguous(), blocks, scales)
     if bias is not None:
         y += bias
     return y.to(x.dtype)

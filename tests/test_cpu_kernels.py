@@ -76,6 +76,23 @@ def test_bf16_inputs_lose_far_less_than_their_own_rounding_in_the_int16_kernel(i
     assert (got.double() - ref).abs().max().item() < 2**-8 * scale
 
 
+@pytest.mark.parametrize("rows", [cpu_kernels.BF16_DOT_MIN_ROWS, 37])
+def test_many_bf16_rows_multiply_exact_bf16_weights(rows: int) -> None:
+    # prefill on AVX-512 BF16: weights decoded to bf16 (exact) and exact bf16 products, so only
+    # the fp32 sums round; tiles of 16 weight rows and 4 x rows, with edges on both
+    if cpu_kernels.isa() != "avx512bf16":
+        pytest.skip("the bf16 dot product path needs AVX-512 BF16")
+    g = torch.Generator().manual_seed(rows)
+    blocks = torch.randint(0, 256, (53, 5, 16), generator=g, dtype=torch.uint8)  # in 160
+    scales = torch.randint(100, 140, (53, 5), generator=g).to(torch.uint8)
+    x = torch.randn(rows, 160, generator=g).bfloat16()
+    ref = x.double() @ dequantize(blocks, scales, torch.float32).double().T
+    got = cpu_kernels._load().mxfp4_linear_bf16(x, blocks, scales)
+    assert (got.double() - ref).abs().max().item() < 1e-6 * ref.abs().max().item()
+    via = cpu_kernels.mxfp4_linear(x, blocks, scales)  # the entry point takes this path
+    assert torch.equal(via, got.bfloat16())
+
+
 def test_mxfp4_linear_on_strided_expert_views(isa: str) -> None:
     g = torch.Generator().manual_seed(0)
     blocks = torch.randint(0, 256, (3, 8, 2, 16), generator=g, dtype=torch.uint8)
