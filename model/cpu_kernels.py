@@ -874,6 +874,17 @@ static inline void store_row(const float* in, int64_t hd, uint16_t* p) {
   for (int64_t j = 0; j < hd; ++j) p[j] = float_to_bf16(in[j]);
 }
 
+// A head's key or value row is a line or two far from the next one (pages hold every layer):
+// asking for the row LOOKAHEAD keys ahead keeps several misses in flight
+constexpr int64_t LOOKAHEAD = 8;
+template <typename T>
+static inline void prefetch_row(const T* base, const int64_t* rp, int64_t off, int64_t s,
+                                int64_t end, const int64_t st[2], int64_t g, int64_t hd) {
+  if (s >= end) return;
+  const char* p = reinterpret_cast<const char*>(base + rp[off + s] * st[0] + g * st[1]);
+  for (int64_t at = 0; at < hd * int64_t(sizeof(T)); at += 64) __builtin_prefetch(p + at);
+}
+
 static inline float dot(const float* a, const float* b, int64_t n) {
   float d = 0.f;
 #pragma omp simd reduction(+ : d)
@@ -935,6 +946,7 @@ static void paged_decode_rows(const torch::Tensor& qkv, const float* cp, const f
       const float* q = rows.data() + b * W + g * rep * hd;  // the rep query heads of head g
       for (int64_t r = 0; r < rep; ++r) m[r] = sinks[g * rep + r];  // the sink: one more column
       for (int64_t s = s0; s < s1; ++s) {
+        prefetch_row(kp, rp, b * S, s + LOOKAHEAD, s1, ks, g, hd);
         load_row(kp + rp[b * S + s] * ks[0] + g * ks[1], hd, row.data());
         for (int64_t r = 0; r < rep; ++r) {
           const float d = dot(q + r * hd, row.data(), hd) * scale;
@@ -955,6 +967,7 @@ static void paged_decode_rows(const torch::Tensor& qkv, const float* cp, const f
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t s = s0; s < s1; ++s) {
+        prefetch_row(vp, rp, b * S, s + LOOKAHEAD, s1, vs, g, hd);
         load_row(vp + rp[b * S + s] * vs[0] + g * vs[1], hd, row.data());
         for (int64_t r = 0; r < rep; ++r) {
           const float w = p[r * S + s];
