@@ -75,6 +75,12 @@ static const float* e8m0_scales() {
 // than the hardware prefetcher alone gives on a single stream
 constexpr int64_t PREFETCH_BYTES = 2048;
 
+// Rows of this many bytes that one thread reads alone: waking the other threads costs more than
+// a product this small (the router's 32 x 2880, say) takes
+static inline int64_t serial_rows(int64_t row_bytes) {
+  return std::max<int64_t>(16, (int64_t(1) << 18) / row_bytes);
+}
+
 std::string isa() {
 #if defined(HA_AVX512BF16)
   return "avx512bf16";
@@ -692,7 +698,7 @@ static torch::Tensor bf16_product(torch::Tensor x, torch::Tensor w) {
   if (x.dtype() == torch::kBFloat16) {  // bf16 x pairs exactly: the bf16 dot product loses nothing
     const uint16_t* xb = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
     if (T == 1) {
-      at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
+      at::parallel_for(0, O, serial_rows(2 * K), [&](int64_t o0, int64_t o1) {
         for (int64_t o = o0; o < o1; ++o) yp[o] = dpbf16_row(wp + o * K, xb, K);
       });
       return y;
