@@ -443,8 +443,9 @@ static inline void q8x2_tile(const uint8_t* row, const uint8_t* srow, const int8
   __m512 acc[TN], corr[TN];
   for (int i = 0; i < TN; ++i) acc[i] = corr[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < G; g += 16) {
-    if (TN == 1)  // decode: one stream
-      _mm_prefetch((const char*)(row + g * 16) + PREFETCH_BYTES, _MM_HINT_NTA);
+    if (TN == 1)  // decode: one stream (the 16 blocks are four lines)
+      for (int line = 0; line < 4; ++line)
+        _mm_prefetch((const char*)(row + g * 16) + PREFETCH_BYTES + 64 * line, _MM_HINT_NTA);
     const int64_t n = std::min<int64_t>(16, G - g);
     const __mmask16 m = __mmask16((1u << n) - 1);
     // the 16 blocks' scales: an e8m0 byte is the exponent field of its fp32 power of two
