@@ -39,6 +39,7 @@ _SOURCE = r"""
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 // HA_ISA_MAX caps the instruction set below what the compiler targets: 3 AVX-512 with its dot
@@ -496,41 +497,29 @@ static void q16_rows(const uint8_t* bp, const uint8_t* sp, int64_t G, int64_t o0
     for (int64_t t0 = 0; t0 < T; t0 += TILE) {
       const int tn = int(std::min<int64_t>(TILE, T - t0));
       const int16_t* qt = qp + t0 * G * 32;
+#if defined(HA_HAS_AVX2)
+      float s[TILE];
+      // a fixed count keeps the accumulators in registers
+      auto tile = [&](auto count) {
+        constexpr int N = decltype(count)::value;
 #if defined(HA_AVX512BF16)
-      (void)qt;
-      (void)scale;
-      float s[TILE];
-      const int8_t* pt = planes.data() + t0 * pstride;
-      const float* st = sums.data() + t0 * G;
-      switch (tn) {  // a fixed count keeps the accumulators in registers
-        case 1: q8x2_tile<1>(row, srow, pt, pstride, st, G, s); break;
-        case 2: q8x2_tile<2>(row, srow, pt, pstride, st, G, s); break;
-        case 3: q8x2_tile<3>(row, srow, pt, pstride, st, G, s); break;
-        case 4: q8x2_tile<4>(row, srow, pt, pstride, st, G, s); break;
-        case 5: q8x2_tile<5>(row, srow, pt, pstride, st, G, s); break;
-        case 6: q8x2_tile<6>(row, srow, pt, pstride, st, G, s); break;
-        case 7: q8x2_tile<7>(row, srow, pt, pstride, st, G, s); break;
-        default: q8x2_tile<8>(row, srow, pt, pstride, st, G, s);
-      }
-      for (int i = 0; i < tn; ++i) yp[(t0 + i) * ldy + o] = s[i] * dq[t0 + i];
-#elif defined(HA_HAS_AVX2)
-#if defined(HA_AVX512)
-#define HA_Q16_TILE q16_tile512
+        q8x2_tile<N>(row, srow, planes.data() + t0 * pstride, pstride, sums.data() + t0 * G, G, s);
+#elif defined(HA_AVX512)
+        q16_tile512<N>(row, srow, qt, G, scale, s);
 #else
-#define HA_Q16_TILE q16_tile
+        q16_tile<N>(row, srow, qt, G, scale, s);
 #endif
-      float s[TILE];
-      switch (tn) {  // a fixed count keeps the accumulators in registers
-        case 1: HA_Q16_TILE<1>(row, srow, qt, G, scale, s); break;
-        case 2: HA_Q16_TILE<2>(row, srow, qt, G, scale, s); break;
-        case 3: HA_Q16_TILE<3>(row, srow, qt, G, scale, s); break;
-        case 4: HA_Q16_TILE<4>(row, srow, qt, G, scale, s); break;
-        case 5: HA_Q16_TILE<5>(row, srow, qt, G, scale, s); break;
-        case 6: HA_Q16_TILE<6>(row, srow, qt, G, scale, s); break;
-        case 7: HA_Q16_TILE<7>(row, srow, qt, G, scale, s); break;
-        default: HA_Q16_TILE<8>(row, srow, qt, G, scale, s);
+      };
+      switch (tn) {
+        case 1: tile(std::integral_constant<int, 1>{}); break;
+        case 2: tile(std::integral_constant<int, 2>{}); break;
+        case 3: tile(std::integral_constant<int, 3>{}); break;
+        case 4: tile(std::integral_constant<int, 4>{}); break;
+        case 5: tile(std::integral_constant<int, 5>{}); break;
+        case 6: tile(std::integral_constant<int, 6>{}); break;
+        case 7: tile(std::integral_constant<int, 7>{}); break;
+        default: tile(std::integral_constant<int, 8>{});
       }
-#undef HA_Q16_TILE
       for (int i = 0; i < tn; ++i) yp[(t0 + i) * ldy + o] = s[i] * dq[t0 + i];
 #else
       float acc[TILE] = {0.f};
