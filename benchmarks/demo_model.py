@@ -111,8 +111,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     shrink_vocab(tf, vocab)
     tie_embeddings(tf)
     fix_number_rows(tf, vocab, encoding, args.embedding_std)
-    if args.resume:  # continue from a --dense-out file of an earlier run on the same data
-        saved = torch.load(args.resume)
+    if args.resume:  # continue from an earlier run on the same data
+        saved = _resume_state(args.resume)
         if not torch.equal(saved["ids"], vocab.ids):
             raise SystemExit(f"{args.resume}: trained on another vocabulary")
         tf.load_state_dict(saved["state"])
@@ -270,6 +270,24 @@ def decode_speed(model: object, preamble: list, n: int = 200) -> float:
     return (count - 1) / (time.perf_counter() - started)  # the first token comes from the prefill
 
 
+def _resume_state(path: str) -> dict[str, Any]:
+    """A --dense-out file, or a compact file (the shipped model: its MXFP4 experts dequantised,
+    exact), as {"state": Transformer state dict, "ids": kept vocabulary}."""
+    import torch
+
+    if not path.endswith(".safetensors"):
+        return torch.load(path)
+    from safetensors.torch import load_file
+
+    from harmony_agent.model.checkpoint import repack
+    from harmony_agent.model.train.export import state_name
+
+    tensors = load_file(path)  # sorted names: each expert's .blocks before its .scales
+    ids = tensors.pop("vocab_ids").long()
+    dense = repack(iter(tensors.items()), False, torch.float32)
+    return {"state": {state_name(n): t for n, t in dense}, "ids": ids}
+
+
 def _dense_model(path: str) -> object:
     """The fp32 dense-expert weights saved by `train --dense-out`, as a loaded model (no MXFP4)."""
     import tempfile
@@ -309,7 +327,7 @@ def main() -> None:
     t.add_argument("--qat-steps", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--embedding-std", type=float, default=0.3)
-    t.add_argument("--resume", help="a --dense-out file to continue training from")
+    t.add_argument("--resume", help="a --dense-out or compact file to continue training from")
     t.add_argument("--vocab-data", nargs="*", default=[],
                    help="transcripts whose tokens it keeps too (a later stage's)")  # fmt: skip
     t.add_argument("--bucket", action="store_true", help="batch examples of similar lengths")

@@ -155,6 +155,31 @@ def test_shipped_weights_are_small_and_load() -> None:
     assert logits.shape == (2, 201088) and torch.isfinite(logits).all()
 
 
+def test_training_resumes_from_the_shipped_file() -> None:
+    """`demo_model.py train --resume demo.safetensors` starts from exactly the shipped model: its
+    dense state (MXFP4 experts decoded) gives the shipped model's logits on the kept rows."""
+    import importlib.util
+
+    from harmony_agent.model.config import ModelConfig
+    from harmony_agent.model.transformer import Transformer
+
+    path = Path(__file__).parents[1] / "benchmarks" / "demo_model.py"
+    spec = importlib.util.spec_from_file_location("demo_model_script", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    saved = script._resume_state(str(WEIGHTS))
+    ids = saved["ids"]
+    tf = Transformer(ModelConfig(**{**script.DEMO_CONFIG, "vocab_size": len(ids)}))
+    tf.load_state_dict(saved["state"])  # strict: every tensor, right shapes
+    tokens = [200006, 200008, *ids[100:110].tolist()]
+    compact = {int(t): i for i, t in enumerate(ids)}
+    with torch.no_grad():
+        dense = tf(torch.tensor([compact[t] for t in tokens])).float()
+    shipped = load_demo_model(progress=False).logits(tokens)
+    torch.testing.assert_close(dense, shipped[:, ids], rtol=1e-4, atol=1e-4)
+
+
 def demo_agent() -> Any:
     """The shipped demo model in the agent it was trained for (as `harmony-agent run` makes it)."""
     from harmony_agent.agent import Agent

@@ -24,7 +24,7 @@ def canonical_tensors(
     state = merged_state(tf)
     config = tf.config
     for name in expected_shapes(config, packed=False):
-        t = state[_state_name(name)].detach().float()
+        t = state[state_name(name)].detach().float()
         if vocab is not None and name in ("embedding.weight", "unembedding.weight"):
             full = torch.zeros(vocab.vocab_size, t.shape[1])
             full[vocab.ids] = t
@@ -32,7 +32,7 @@ def canonical_tensors(
         yield name, t.to(dtype).clone()  # a copy: tied weights must not share storage on disk
 
 
-def _state_name(name: str) -> str:
+def state_name(name: str) -> str:
     """Checkpoint name -> state-dict name of a dense-expert Transformer."""
     for p in ("mlp1_weight", "mlp1_bias", "mlp2_weight", "mlp2_bias"):
         name = name.replace(f"mlp.{p}", f"mlp.experts.{p}")
