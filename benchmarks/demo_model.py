@@ -282,9 +282,10 @@ def _resume_state(path: str) -> dict[str, Any]:
     from harmony_agent.model.checkpoint import repack
     from harmony_agent.model.train.export import state_name
 
-    tensors = load_file(path)  # sorted names: each expert's .blocks before its .scales
+    tensors = load_file(path)
     ids = tensors.pop("vocab_ids").long()
-    dense = repack(iter(tensors.items()), False, torch.float32)
+    # sorted by name, each expert's .blocks comes before its .scales, as repack needs
+    dense = repack(iter(sorted(tensors.items())), False, torch.float32)
     return {"state": {state_name(n): t for n, t in dense}, "ids": ids}
 
 
