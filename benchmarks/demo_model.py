@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,8 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.resume and not os.path.isfile(args.resume):  # before minutes of loading the data
+        raise SystemExit(f"--resume {args.resume}: no such file")
     import torch
 
     from harmony_agent.encoding import harmony_encoding
@@ -283,6 +286,8 @@ def _resume_state(path: str) -> dict[str, Any]:
     from harmony_agent.model.train.export import state_name
 
     tensors = load_file(path)
+    if "vocab_ids" not in tensors:
+        raise SystemExit(f"--resume {path}: not a compact model file (no vocab_ids)")
     ids = tensors.pop("vocab_ids").long()
     # sorted by name, each expert's .blocks comes before its .scales, as repack needs
     dense = repack(iter(sorted(tensors.items())), False, torch.float32)
