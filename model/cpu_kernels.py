@@ -956,7 +956,14 @@ static inline void load_row(const float* p, int64_t hd, float* out) {
   std::memcpy(out, p, hd * sizeof(float));
 }
 static inline void load_row(const uint16_t* p, int64_t hd, float* out) {
-  for (int64_t j = 0; j < hd; ++j) out[j] = bf16_to_float(p[j]);
+  int64_t j = 0;
+#if defined(HA_HAS_AVX2)
+  for (; j + 8 <= hd; j += 8) {
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + j)));
+    _mm256_storeu_ps(out + j, _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)));
+  }
+#endif
+  for (; j < hd; ++j) out[j] = bf16_to_float(p[j]);
 }
 static inline void store_row(const float* in, int64_t hd, float* p) {
   std::memcpy(p, in, hd * sizeof(float));
@@ -968,6 +975,7 @@ static inline void store_row(const float* in, int64_t hd, uint16_t* p) {
 // A head's key or value row is a line or two far from the next one (pages hold every layer):
 // asking for the row LOOKAHEAD keys ahead keeps several misses in flight
 constexpr int64_t LOOKAHEAD = 8;
+constexpr int64_t PAGED_SERIAL_KEYS = 8192;  // (row, key head, key) triples one thread takes alone
 template <typename T>
 static inline void prefetch_row(const T* base, const int64_t* rp, int64_t off, int64_t s,
                                 int64_t end, const int64_t st[2], int64_t g, int64_t hd) {
@@ -976,11 +984,31 @@ static inline void prefetch_row(const T* base, const int64_t* rp, int64_t off, i
   for (int64_t at = 0; at < hd * int64_t(sizeof(T)); at += 64) __builtin_prefetch(p + at);
 }
 
+// (explicit vectors: the compiler leaves these short loops scalar, ~15x slower)
 static inline float dot(const float* a, const float* b, int64_t n) {
   float d = 0.f;
-#pragma omp simd reduction(+ : d)
-  for (int64_t j = 0; j < n; ++j) d += a[j] * b[j];
+  int64_t j = 0;
+#if defined(HA_HAS_AVX2)
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+  for (; j + 16 <= n; j += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), s1);
+  }
+  d = hsum(_mm256_add_ps(s0, s1));
+#endif
+  for (; j < n; ++j) d += a[j] * b[j];
   return d;
+}
+
+// y += w x over n values
+static inline void axpy(float w, const float* x, int64_t n, float* y) {
+  int64_t j = 0;
+#if defined(HA_HAS_AVX2)
+  const __m256 wv = _mm256_set1_ps(w);
+  for (; j + 8 <= n; j += 8)
+    _mm256_storeu_ps(y + j, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j)));
+#endif
+  for (; j < n; ++j) y[j] += w * x[j];
 }
 
 // Half-split (NeoX) rotation of one head's hd values by c, s (hd / 2 each), in place
@@ -1025,51 +1053,58 @@ static void paged_decode_rows(const torch::Tensor& qkv, const float* cp, const f
     }
   }
   const float scale = 1.f / std::sqrt(float(hd));
-  // one item a (row, key head): each key and value row is converted once for its rep queries
-  at::parallel_for(0, B * nkv, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> p(rep * S), acc(rep * hd), row(hd), m(rep), sum(rep);
+  // An item is a row's key heads [g0, g0 + per): each key and value row is converted once for its
+  // rep queries. Short contexts run on one thread, a row's heads one item: waking another thread
+  // costs more (~40 us) than their keys, and a key's heads lie side by side in its slot (one
+  // stream of lines from a page far from the last; a head at a time, 8 scattered reads a key).
+  const bool serial = B * nkv * S <= PAGED_SERIAL_KEYS;
+  const int64_t per = serial ? nkv : 1, items = B * (nkv / per), hn = per * rep;
+  at::parallel_for(0, items, serial ? items : 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> p(hn * S), acc(hn * hd), row(hd), m(hn), sum(hn);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / nkv, g = i % nkv;
+      const int64_t b = i / (nkv / per), g0 = i % (nkv / per) * per;
       // keys at positions firsts[b] + s: causal, and within the window before the query
       const int64_t qpos = starts[b], lo = window > 0 ? std::max<int64_t>(0, qpos - window + 1) : 0;
       const int64_t s0 = std::max<int64_t>(0, lo - firsts[b]);
       const int64_t s1 = std::min<int64_t>(S, qpos - firsts[b] + 1);
-      const float* q = rows.data() + b * W + g * rep * hd;  // the rep query heads of head g
-      for (int64_t r = 0; r < rep; ++r) m[r] = sinks[g * rep + r];  // the sink: one more column
+      const float* q = rows.data() + b * W + g0 * rep * hd;  // the item's query heads
+      for (int64_t h = 0; h < hn; ++h) m[h] = sinks[g0 * rep + h];  // the sink: one more column
       for (int64_t s = s0; s < s1; ++s) {
-        prefetch_row(kp, rp, b * S, s + LOOKAHEAD, s1, ks, g, hd);
-        load_row(kp + rp[b * S + s] * ks[0] + g * ks[1], hd, row.data());
-        for (int64_t r = 0; r < rep; ++r) {
-          const float d = dot(q + r * hd, row.data(), hd) * scale;
-          p[r * S + s] = d;
-          m[r] = std::max(m[r], d);
+        const T* key = kp + rp[b * S + s] * ks[0];
+        for (int64_t g = 0; g < per; ++g) {
+          prefetch_row(kp, rp, b * S, s + LOOKAHEAD, s1, ks, g0 + g, hd);
+          load_row(key + (g0 + g) * ks[1], hd, row.data());
+          for (int64_t h = g * rep; h < (g + 1) * rep; ++h) {
+            const float d = dot(q + h * hd, row.data(), hd) * scale;
+            p[h * S + s] = d;
+            m[h] = std::max(m[h], d);
+          }
         }
       }
-      for (int64_t r = 0; r < rep; ++r) {
-        float* pr = p.data() + r * S;
-        const float mr = m[r];
-        float total = exp_fast(sinks[g * rep + r] - mr);
+      for (int64_t h = 0; h < hn; ++h) {
+        float* ph = p.data() + h * S;
+        const float mh = m[h];
+        float total = exp_fast(sinks[g0 * rep + h] - mh);
 #pragma omp simd reduction(+ : total)
         for (int64_t s = s0; s < s1; ++s) {
-          pr[s] = exp_fast(pr[s] - mr);
-          total += pr[s];
+          ph[s] = exp_fast(ph[s] - mh);
+          total += ph[s];
         }
-        sum[r] = total;
+        sum[h] = total;
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t s = s0; s < s1; ++s) {
-        prefetch_row(vp, rp, b * S, s + LOOKAHEAD, s1, vs, g, hd);
-        load_row(vp + rp[b * S + s] * vs[0] + g * vs[1], hd, row.data());
-        for (int64_t r = 0; r < rep; ++r) {
-          const float w = p[r * S + s];
-          float* ar = acc.data() + r * hd;
-#pragma omp simd
-          for (int64_t j = 0; j < hd; ++j) ar[j] += w * row[j];
+        const T* value = vp + rp[b * S + s] * vs[0];
+        for (int64_t g = 0; g < per; ++g) {
+          prefetch_row(vp, rp, b * S, s + LOOKAHEAD, s1, vs, g0 + g, hd);
+          load_row(value + (g0 + g) * vs[1], hd, row.data());
+          for (int64_t h = g * rep; h < (g + 1) * rep; ++h)
+            axpy(p[h * S + s], row.data(), hd, acc.data() + h * hd);
         }
       }
-      for (int64_t r = 0; r < rep; ++r)
+      for (int64_t h = 0; h < hn; ++h)
         for (int64_t j = 0; j < hd; ++j)
-          op[(b * nh + g * rep + r) * hd + j] = acc[r * hd + j] / sum[r];
+          op[(b * nh + g0 * rep + h) * hd + j] = acc[h * hd + j] / sum[h];
     }
   });
 }
@@ -1134,7 +1169,7 @@ _selected: list[ModuleType | None] = []  # the module for the settings read last
 
 
 def build_name(isa: str = "native") -> str:
-    return "harmony_agent_cpu_kernels_v11" + ("" if isa == "native" else f"_{isa}")
+    return "harmony_agent_cpu_kernels_v12" + ("" if isa == "native" else f"_{isa}")
 
 
 def settings_changed() -> None:

@@ -71,8 +71,9 @@ class PageTable:
 class PagePool:
     """The pages of every layer group, their owners and the index of cached prefixes.
 
-    Every group's pages come from one store of `num_pages`: the rows of a page hold as many
-    layers as the largest group has (the gpt-oss groups are equal). Only one thread may call its
+    Every group's pages come from one store of `num_pages`: a page holds as many layers as the
+    largest group has (the gpt-oss groups are equal), each layer's slots side by side, so that a
+    decode step streams a sequence's keys of a layer instead of one scattered row a key. Only one thread may call its
     methods at a time (the engine's step does).
     """
 
@@ -87,17 +88,17 @@ class PagePool:
         self.page_size, self.num_pages = page_size, num_pages
         self.groups = layer_groups(config)
         width = max(len(g.layers) for g in self.groups)
-        shape = (num_pages * page_size, width, config.num_key_value_heads, config.head_dim)
+        shape = (width, num_pages * page_size, config.num_key_value_heads, config.head_dim)
         # zeros, not empty: padding keys are read (and masked), and must be finite
         self._store_k = torch.zeros(shape, device=device, dtype=dtype)
         self._store_v = torch.zeros(shape, device=device, dtype=dtype)
         self.group_of = [0] * config.num_hidden_layers
-        self.k: list[torch.Tensor] = [self._store_k[:, 0]] * config.num_hidden_layers
-        self.v: list[torch.Tensor] = [self._store_v[:, 0]] * config.num_hidden_layers
+        self.k: list[torch.Tensor] = [self._store_k[0]] * config.num_hidden_layers
+        self.v: list[torch.Tensor] = [self._store_v[0]] * config.num_hidden_layers
         for g, group in enumerate(self.groups):
             for column, i in enumerate(group.layers):  # layer i: (slot, nkv, hd) views, made once
                 self.group_of[i] = g
-                self.k[i], self.v[i] = self._store_k[:, column], self._store_v[:, column]
+                self.k[i], self.v[i] = self._store_k[column], self._store_v[column]
         self._free = list(range(num_pages - 1, -1, -1))
         self._refs = [0] * num_pages
         self._idle: OrderedDict[int, None] = OrderedDict()  # cached, unreferenced; oldest first
@@ -315,7 +316,7 @@ class PagePool:
     def _copy_rows(self, src: int, dst: int, n: int) -> None:
         a, b = src * self.page_size, dst * self.page_size
         for t in (self._store_k, self._store_v):
-            t[b : b + n] = t[a : a + n]
+            t[:, b : b + n] = t[:, a : a + n]
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
