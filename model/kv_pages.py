@@ -73,8 +73,8 @@ class PagePool:
 
     Every group's pages come from one store of `num_pages`: a page holds as many layers as the
     largest group has (the gpt-oss groups are equal), each layer's slots side by side, so that a
-    decode step streams a sequence's keys of a layer instead of one scattered row a key. Only one thread may call its
-    methods at a time (the engine's step does).
+    decode step streams a sequence's keys of a layer instead of one scattered row a key. Only one
+    thread may call its methods at a time (the engine's step does).
     """
 
     def __init__(
