@@ -35,6 +35,7 @@ _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -80,6 +81,28 @@ constexpr int64_t PREFETCH_BYTES = 2048;
 // a product this small (the router's 32 x 2880, say) takes
 static inline int64_t serial_rows(int64_t row_bytes) {
   return std::max<int64_t>(16, (int64_t(1) << 18) / row_bytes);
+}
+
+// fn(a, b) over [0, n) in chunks of `chunk` that the threads take in turn as each is free: a
+// thread woken late (~40 us from a passive wait on a VM) or sharing its core takes fewer,
+// where an even split would hold every product up by its wake-up. n <= serial: one call, here.
+template <typename F>
+static void parallel_chunks(int64_t n, int64_t serial, int64_t chunk, const F& fn) {
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  if (n <= serial || chunks < 2 || at::get_num_threads() < 2 || at::in_parallel_region()) {
+    if (n > 0) fn(0, n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(chunks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for (int64_t c = next++; c < chunks; c = next++) fn(c * chunk, std::min(n, (c + 1) * chunk));
+  });
+}
+
+// Rows of this many bytes make a chunk of parallel_chunks: ~5 us of streaming, so the taking
+// costs nothing and the threads finish within that of each other
+static inline int64_t chunk_rows(int64_t row_bytes) {
+  return std::max<int64_t>(1, (int64_t(1) << 18) / row_bytes);
 }
 
 std::string isa() {
@@ -479,18 +502,35 @@ static inline void q8x2_tile(const uint8_t* row, const uint8_t* srow, const int8
 }
 #endif
 
-// Weight rows o0..o1 (packed: bp (O, G, 16), sp (O, G)) against T rows of quantize_q16's output:
+// Rows of quantize_q16's output (q (T, G, 32), dq (T,)) as the kernels read them: with vpdpbusd,
+// also split_q16's bytes, made once for all the threads.
+struct Q16 {
+  const int16_t* q;
+  const float* dq;
+  int64_t G;
+#if defined(HA_AVX512BF16)
+  int64_t pstride;
+  std::vector<int8_t> planes;
+  std::vector<float> sums;
+#endif
+  Q16(const int16_t* q_, const float* dq_, int64_t T, int64_t G_) : q(q_), dq(dq_), G(G_) {
+#if defined(HA_AVX512BF16)
+    pstride = (G + 3) / 4 * 256;
+    planes.resize(T * pstride);
+    sums.resize(T * G);
+    split_q16(q, T, G, planes.data(), sums.data());
+#endif
+  }
+};
+
+// Weight rows o0..o1 (packed: bp (O, G, 16), sp (O, G)) against T rows of x from its row x0:
 // y[t * ldy + o] = dq[t] * sum over blocks of scale * (the block's integer sum).
 static void q16_rows(const uint8_t* bp, const uint8_t* sp, int64_t G, int64_t o0, int64_t o1,
-                     const int16_t* qp, const float* dq, int64_t T, float* yp, int64_t ldy) {
+                     const Q16& x, int64_t x0, int64_t T, float* yp, int64_t ldy) {
   const float* scale = e8m0_scales();
   constexpr int TILE = 8;  // token rows sharing each decoded block
-#if defined(HA_AVX512BF16)
-  const int64_t pstride = (G + 3) / 4 * 256;
-  std::vector<int8_t> planes(T * pstride);
-  std::vector<float> sums(T * G);
-  split_q16(qp, T, G, planes.data(), sums.data());
-#endif
+  const int16_t* qp = x.q + x0 * G * 32;
+  const float* dq = x.dq + x0;
   for (int64_t o = o0; o < o1; ++o) {
     const uint8_t* row = bp + o * G * 16;
     const uint8_t* srow = sp + o * G;
@@ -503,7 +543,8 @@ static void q16_rows(const uint8_t* bp, const uint8_t* sp, int64_t G, int64_t o0
       auto tile = [&](auto count) {
         constexpr int N = decltype(count)::value;
 #if defined(HA_AVX512BF16)
-        q8x2_tile<N>(row, srow, planes.data() + t0 * pstride, pstride, sums.data() + t0 * G, G, s);
+        q8x2_tile<N>(row, srow, x.planes.data() + (x0 + t0) * x.pstride, x.pstride,
+                     x.sums.data() + (x0 + t0) * G, G, s);
 #elif defined(HA_AVX512)
         q16_tile512<N>(row, srow, qt, G, scale, s);
 #else
@@ -555,8 +596,9 @@ torch::Tensor mxfp4_linear_q16(torch::Tensor x, torch::Tensor blocks, torch::Ten
   auto y = torch::empty({T, O}, x.options());
   const uint8_t* bp = blocks.data_ptr<uint8_t>();
   const uint8_t* sp = scales.data_ptr<uint8_t>();
-  at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
-    q16_rows(bp, sp, G, o0, o1, q.data_ptr<int16_t>(), dq.data(), T, y.data_ptr<float>(), O);
+  const Q16 xq(q.data_ptr<int16_t>(), dq.data(), T, G);
+  parallel_chunks(O, 16, chunk_rows(G * 17), [&](int64_t o0, int64_t o1) {
+    q16_rows(bp, sp, G, o0, o1, xq, 0, T, y.data_ptr<float>(), O);
   });
   return y;
 }
@@ -673,13 +715,13 @@ static void experts_q16(const torch::Tensor& blocks, const torch::Tensor& scales
   const uint8_t* bp = blocks.data_ptr<uint8_t>();
   const uint8_t* sp = scales.data_ptr<uint8_t>();
   const int64_t n_used = int64_t(used.size());
-  at::parallel_for(0, n_used * R, 16, [&](int64_t r0, int64_t r1) {
+  const Q16 x(q, dq, first.back(), G);
+  parallel_chunks(n_used * R, 16, chunk_rows(G * 17), [&](int64_t r0, int64_t r1) {
     for (int64_t u = r0 / R; u < n_used && u * R < r1; ++u) {
       const int64_t e = used[u], a = std::max(r0, u * R) - u * R;
       const int64_t b = std::min(r1, (u + 1) * R) - u * R;
       const int64_t p = first[u], n = first[u + 1] - p;
-      q16_rows(bp + e * R * G * 16, sp + e * R * G, G, a, b, q + p * G * 32, dq + p, n, y + p * R,
-               R);
+      q16_rows(bp + e * R * G * 16, sp + e * R * G, G, a, b, x, p, n, y + p * R, R);
     }
   });
 }
@@ -783,7 +825,7 @@ static torch::Tensor bf16_product(torch::Tensor x, torch::Tensor w) {
   if (x.dtype() == torch::kBFloat16) {  // bf16 x pairs exactly: the bf16 dot product loses nothing
     const uint16_t* xb = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
     if (T == 1) {
-      at::parallel_for(0, O, serial_rows(2 * K), [&](int64_t o0, int64_t o1) {
+      parallel_chunks(O, serial_rows(2 * K), chunk_rows(2 * K), [&](int64_t o0, int64_t o1) {
         for (int64_t o = o0; o < o1; ++o) yp[o] = dpbf16_row(wp + o * K, xb, K);
       });
       return y;
@@ -828,7 +870,7 @@ static torch::Tensor bf16_product(torch::Tensor x, torch::Tensor w) {
         xs[t * K + k + 8 + j] = xp[t * K + k + 2 * j + 1];
       }
   if (T == 1) {  // decode: four rows at a time keep enough loads in flight to stream the weights
-    at::parallel_for(0, (O + 3) / 4, 16, [&](int64_t p0, int64_t p1) {
+    parallel_chunks((O + 3) / 4, 16, chunk_rows(8 * K), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const uint16_t* wr[4];
         int64_t rows[4];
@@ -1169,7 +1211,7 @@ _selected: list[ModuleType | None] = []  # the module for the settings read last
 
 
 def build_name(isa: str = "native") -> str:
-    return "harmony_agent_cpu_kernels_v12" + ("" if isa == "native" else f"_{isa}")
+    return "harmony_agent_cpu_kernels_v13" + ("" if isa == "native" else f"_{isa}")
 
 
 def settings_changed() -> None:
