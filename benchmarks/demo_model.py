@@ -173,23 +173,44 @@ def transcript_tokens(paths: list[str], encoding: Any) -> set[int]:
 
 
 def fix_number_rows(tf: Any, vocab: Any, encoding: Any, std: float) -> None:
-    """Draw every (tied) embedding row at `std` and freeze the rows of number tokens.
+    """Draw every (tied) embedding row at `std`, build the rows of number tokens from their
+    digits and freeze them.
 
-    The model must copy numbers it has rarely or never seen (900 three-digit tokens, a handful of
-    examples each). Trained rows of rare tokens stay small and unlike the frequent ones, and
-    copying them fails; frozen random rows all look alike, so the copying circuit learned on
-    frequent numbers works for every number.
+    The model copies numbers it has rarely or never seen (900 three-digit tokens, a handful of
+    examples each) from the question into its code and from the tool's result into its answer.
+    Trained rows of rare tokens stay small and unlike the frequent ones, so number rows are
+    frozen. Frozen *random* rows (the previous recipe) must pass through a 32-wide attention head
+    to be copied: a rank-32 view of 1110 random 128-wide rows, which picks a near neighbour now
+    and then (the second group of a six-digit result, mostly). Here a number's row is the sum of
+    one code per place, right-aligned: 10 digits for the units, 10 digits or "none" for the tens
+    and hundreds: 32 orthonormal codes, so every number lies in their 32-dimensional span, which
+    one 32-wide head can copy exactly, all rows have one norm, and the tied unembedding scores
+    the right number 3 and any other at most 2 (one matching place fewer).
     """
     import torch
 
-    numbers = torch.zeros(len(vocab), dtype=torch.bool)
-    for i, token in enumerate(vocab.ids.tolist()):
-        numbers[i] = encoding.decode([token]).isdigit()
     g = torch.Generator().manual_seed(1)
+    weight = tf.embedding.weight
+    dim = weight.shape[1]
+    numbers = torch.zeros(len(vocab), dtype=torch.bool)
+    basis = torch.linalg.qr(torch.randn(dim, 32, generator=g, dtype=torch.float64))[0].float()
+    norm = std * dim**0.5 / 3**0.5  # as long as a random row drawn at `std`
+    rows = torch.randn(weight.shape, generator=g) * std
+    for i, token in enumerate(vocab.ids.tolist()):
+        text = encoding.decode([token])
+        if not (text.isascii() and text.isdigit()):
+            continue
+        if len(text) > 3:
+            raise SystemExit(f"number token {text!r}: more than 3 digits")
+        digits = [int(c) for c in reversed(text)]
+        codes = [digits[0], *(10 + 11 * (p - 1) + (digits[p] if p < len(digits) else 10)
+                              for p in (1, 2))]  # fmt: skip
+        rows[i] = basis[:, codes].sum(1) * norm
+        numbers[i] = True
     with torch.no_grad():
-        tf.embedding.weight.copy_(torch.randn(tf.embedding.weight.shape, generator=g) * std)
+        weight.copy_(rows)
     keep = (~numbers).float()[:, None]
-    tf.embedding.weight.register_hook(lambda grad: grad * keep)
+    weight.register_hook(lambda grad: grad * keep)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
