@@ -13,6 +13,8 @@
 - `bf16_linear`: y = x @ W.T with W in bf16, for a few rows of x (decode, batched decode). On
   CPUs without AVX-512 BF16, torch's bf16 matrix-vector product runs far below memory
   bandwidth and its bf16 GEMM for a handful of rows slower still.
+- `argmax`: greedy decoding's pick from a row of logits; torch's argmax takes ~0.7 ms over 201088
+  bf16 logits, a percent of a decode step.
 
 Built on first use with the C++ compiler through `torch.utils.cpp_extension` and cached, for the
 CPU it runs on (`-march=native`: AVX-512 where the CPU has it, else AVX2 + FMA, else plain C++;
@@ -1461,7 +1463,7 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
 
 def argmax(x: torch.Tensor) -> int:
     """`int(x.argmax())` of a 1-D bf16 or fp32 CPU tensor (the first of equal maxima; a NaN
-    counts as the largest), in a tenth of torch's time on a row of logits."""
+    counts as the largest): 24 us against torch's 740 over 201088 bf16 logits with AVX-512."""
     module = _load()
     assert module is not None, "the CPU kernels are not available"
     return int(module.argmax(x.contiguous()))
